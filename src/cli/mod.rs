@@ -1,0 +1,142 @@
+//! The command line: `run`, `scan`, `classify`, `review`, `check`.
+
+mod check;
+mod classify;
+mod review;
+mod run;
+mod scan;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, LogFormat, Overrides};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tagd",
+    version,
+    about = "Tags product photos as they arrive, into a SQL catalogue"
+)]
+pub struct Cli {
+    /// Config file [default: /etc/tagd/tagd.toml, if it exists]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Catalogue database: sqlite://PATH or postgres://USER@HOST/DB (database.url)
+    #[arg(long, global = true, value_name = "URL")]
+    database: Option<String>,
+
+    /// Model folder holding model.toml and the ONNX file (model.dir)
+    #[arg(long, global = true, value_name = "DIR")]
+    model: Option<PathBuf>,
+
+    /// ONNX Runtime 1.31 shared library (model.onnxruntime_library)
+    #[arg(long, global = true, value_name = "PATH")]
+    onnxruntime: Option<PathBuf>,
+
+    /// Log format (log.format)
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Watch folders and tag photos as they arrive, until stopped
+    Run {
+        /// Folder to watch, instead of watch.folders (repeatable)
+        #[arg(long = "watch", value_name = "DIR")]
+        watch: Vec<PathBuf>,
+    },
+    /// Tag every photo under the folders once, with a progress bar, then exit
+    Scan {
+        #[arg(required = true, value_name = "DIR")]
+        folders: Vec<PathBuf>,
+        /// No progress bar (it is also off when stderr is not a terminal)
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Classify photos without a database: label, confidence, top 3
+    Classify {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Write the 28x28 image the model saw for each photo into DIR
+        #[arg(long, value_name = "DIR")]
+        explain: Option<PathBuf>,
+        /// One JSON object per photo instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the review queue, or record a person's decision
+    Review {
+        #[command(subcommand)]
+        action: review::Action,
+    },
+    /// Check config, model, ONNX Runtime and database; exit non-zero on any problem
+    Check,
+}
+
+/// Parses the command line, runs the command and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        watch_folders: match &cli.command {
+            Command::Run { watch } => watch.clone(),
+            _ => Vec::new(),
+        },
+        database_url: cli.database.clone(),
+        model_dir: cli.model.clone(),
+        onnxruntime_library: cli.onnxruntime.clone(),
+        log_format: cli.log_format,
+    };
+
+    let loaded = match config::load(cli.config.as_deref(), std::env::vars(), &overrides) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("tagd: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(loaded.settings.log.format, &loaded.settings.log.level);
+
+    let result = match cli.command {
+        Command::Check => return check::check(&loaded),
+        Command::Classify {
+            files,
+            explain,
+            json,
+        } => classify::classify(&loaded.settings, &files, explain.as_deref(), json),
+        command => runtime().and_then(|runtime| {
+            runtime.block_on(async {
+                match command {
+                    Command::Run { .. } => run::run(&loaded).await,
+                    Command::Scan {
+                        folders,
+                        no_progress,
+                    } => scan::scan(&loaded.settings, &folders, !no_progress).await,
+                    Command::Review { action } => review::review(&loaded.settings, action).await,
+                    Command::Check | Command::Classify { .. } => unreachable!("handled above"),
+                }
+            })
+        }),
+    };
+
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("tagd: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
