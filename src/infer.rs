@@ -136,11 +136,12 @@ impl Classifier {
     /// output width matches the manifest's labels.
     fn check_output_width(&self) -> anyhow::Result<()> {
         let logits = self.logits(&vec![0.0; INPUT_PIXELS])?;
+        let width = logits.first().map_or(0, Vec::len);
         ensure!(
-            logits.len() == self.model.manifest.labels.len(),
+            width == self.model.manifest.labels.len(),
             "model {} gives {} outputs per image, but its manifest lists {} labels",
             self.model.onnx_path.display(),
-            logits.len(),
+            width,
             self.model.manifest.labels.len()
         );
         Ok(())

@@ -128,7 +128,6 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            tracing::error!("{error:#}");
             eprintln!("tagd: error: {error:#}");
             ExitCode::FAILURE
         }
