@@ -498,7 +498,10 @@ async fn commit_with_retry(
             Ok(()) => return true,
             Err(error) => error,
         };
-        if !error.is_transient() {
+        // Some outages look permanent from the error alone (a database
+        // refusing connections for maintenance); a failed health query
+        // says it is the database, not the batch.
+        if !error.is_transient() && engine.catalogue.status_counts().await.is_ok() {
             return commit_one_by_one(engine, outcomes, &error).await;
         }
 

@@ -7,12 +7,12 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 /// Installs the global subscriber. `RUST_LOG` wins over `level`. ONNX
-/// Runtime's own chatter is held at warn unless asked for by name.
+/// Runtime's and sqlx's own chatter is held at warn unless asked for by name.
 pub fn init(format: LogFormat, level: &str) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .filter(|value| !value.is_empty())
-        .unwrap_or_else(|| format!("ort=warn,{level}"));
+        .unwrap_or_else(|| format!("ort=warn,sqlx=warn,{level}"));
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|error| {
         eprintln!("tagd: log filter {filter:?} is invalid ({error}); using info");
         EnvFilter::new("info")

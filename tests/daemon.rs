@@ -16,14 +16,25 @@ fn fixture_bytes(name: &str) -> Vec<u8> {
 #[tokio::test]
 async fn dropped_photos_are_tagged_with_a_calibrated_confidence() {
     let sandbox = Sandbox::new();
-    let db = TestDb::sqlite(sandbox.path());
-    let _daemon = Daemon::start(&sandbox, db.url());
+    dropped_photos(&sandbox, TestDb::sqlite(sandbox.path())).await;
+}
+
+#[tokio::test]
+async fn dropped_photos_are_tagged_with_a_calibrated_confidence_on_postgres() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    dropped_photos(&Sandbox::new(), db).await;
+}
+
+async fn dropped_photos(sandbox: &Sandbox, db: TestDb) {
+    let _daemon = Daemon::start(sandbox, db.url());
     for name in ["shoes.jpg", "t-shirt.jpg", "pants.jpg", "dress.jpg"] {
         copy_in(&sandbox.inbox, name, &fixture_bytes(name));
     }
 
-    let pool = open_when_ready(&sandbox, &db).await;
-    let images = wait_settled(&sandbox, &pool, 4, TIMEOUT).await;
+    let pool = open_when_ready(sandbox, &db).await;
+    let images = wait_settled(sandbox, &pool, 4, TIMEOUT).await;
     assert!(
         images.iter().all(|image| image.status == "tagged"),
         "{images:?}"
@@ -143,9 +154,20 @@ async fn a_new_subfolder_and_a_moved_in_file_are_seen() {
 #[tokio::test]
 async fn bad_input_is_recorded_and_the_daemon_keeps_going() {
     let sandbox = Sandbox::new();
-    let db = TestDb::sqlite(sandbox.path());
-    let mut daemon = Daemon::start(&sandbox, db.url());
-    let pool = open_when_ready(&sandbox, &db).await;
+    bad_input(&sandbox, TestDb::sqlite(sandbox.path())).await;
+}
+
+#[tokio::test]
+async fn bad_input_is_recorded_and_the_daemon_keeps_going_on_postgres() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    bad_input(&Sandbox::new(), db).await;
+}
+
+async fn bad_input(sandbox: &Sandbox, db: TestDb) {
+    let mut daemon = Daemon::start(sandbox, db.url());
+    let pool = open_when_ready(sandbox, &db).await;
 
     let truncated = photo_jpeg(640, 480, 5);
     let cases: Vec<(&str, Vec<u8>, &str, Option<&str>)> = vec![
@@ -195,7 +217,7 @@ async fn bad_input_is_recorded_and_the_daemon_keeps_going() {
     let non_utf8 = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"caf\xe9.jpg");
     std::fs::write(sandbox.inbox.join(non_utf8), photo_jpeg(100, 100, 6)).unwrap();
 
-    let images = wait_settled(&sandbox, &pool, cases.len() as i64 + 1, TIMEOUT).await;
+    let images = wait_settled(sandbox, &pool, cases.len() as i64 + 1, TIMEOUT).await;
     for (name, _, status, code) in &cases {
         let row = images
             .iter()
@@ -224,7 +246,7 @@ async fn bad_input_is_recorded_and_the_daemon_keeps_going() {
     // Still running, still tagging.
     assert!(daemon.is_running());
     copy_in(&sandbox.inbox, "after.jpg", &fixture_bytes("dress.jpg"));
-    let images = wait_settled(&sandbox, &pool, cases.len() as i64 + 2, TIMEOUT).await;
+    let images = wait_settled(sandbox, &pool, cases.len() as i64 + 2, TIMEOUT).await;
     assert_eq!(
         images
             .iter()
@@ -282,16 +304,27 @@ async fn a_file_deleted_before_it_is_read_is_not_lost_track_of() {
 #[tokio::test]
 async fn changed_bytes_are_retagged_copies_reuse_and_deletions_are_marked() {
     let sandbox = Sandbox::new();
-    let db = TestDb::sqlite(sandbox.path());
-    let _daemon = Daemon::start(&sandbox, db.url());
-    let pool = open_when_ready(&sandbox, &db).await;
+    changes(&sandbox, TestDb::sqlite(sandbox.path())).await;
+}
+
+#[tokio::test]
+async fn changed_bytes_are_retagged_copies_reuse_and_deletions_are_marked_on_postgres() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    changes(&Sandbox::new(), db).await;
+}
+
+async fn changes(sandbox: &Sandbox, db: TestDb) {
+    let _daemon = Daemon::start(sandbox, db.url());
+    let pool = open_when_ready(sandbox, &db).await;
 
     let first = copy_in(&sandbox.inbox, "item.jpg", &fixture_bytes("shoes.jpg"));
-    wait_settled(&sandbox, &pool, 1, TIMEOUT).await;
+    wait_settled(sandbox, &pool, 1, TIMEOUT).await;
 
     // Identical bytes under a new path: the earlier result, no inference.
     drop_file(&sandbox.inbox, "copy.jpg", &fixture_bytes("shoes.jpg"));
-    wait_settled(&sandbox, &pool, 2, TIMEOUT).await;
+    wait_settled(sandbox, &pool, 2, TIMEOUT).await;
     assert_eq!(
         pool.count("SELECT count(*) FROM predictions WHERE reused_from IS NOT NULL")
             .await,
@@ -300,7 +333,7 @@ async fn changed_bytes_are_retagged_copies_reuse_and_deletions_are_marked() {
 
     // New bytes under the old path: tagged again.
     std::fs::write(&first, fixture_bytes("dress.jpg")).unwrap();
-    wait_for(&sandbox, "a second fresh prediction", TIMEOUT, || async {
+    wait_for(sandbox, "a second fresh prediction", TIMEOUT, || async {
         let fresh = pool
             .count("SELECT count(*) FROM predictions WHERE reused_from IS NULL")
             .await;
@@ -310,7 +343,7 @@ async fn changed_bytes_are_retagged_copies_reuse_and_deletions_are_marked() {
 
     // Deleted: the row stays, marked gone, and leaves the catalogue view.
     std::fs::remove_file(&first).unwrap();
-    wait_for(&sandbox, "item.jpg marked gone", TIMEOUT, || async {
+    wait_for(sandbox, "item.jpg marked gone", TIMEOUT, || async {
         let images = pool.images().await;
         images
             .iter()
@@ -364,9 +397,20 @@ async fn sigterm_finishes_the_work_in_flight_and_exits_zero() {
 #[tokio::test]
 async fn kill_9_during_a_burst_loses_nothing() {
     let sandbox = Sandbox::new();
-    let db = TestDb::sqlite(sandbox.path());
-    let daemon = Daemon::start(&sandbox, db.url());
-    let pool = open_when_ready(&sandbox, &db).await;
+    kill_9(&sandbox, TestDb::sqlite(sandbox.path())).await;
+}
+
+#[tokio::test]
+async fn kill_9_during_a_burst_loses_nothing_on_postgres() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    kill_9(&Sandbox::new(), db).await;
+}
+
+async fn kill_9(sandbox: &Sandbox, db: TestDb) {
+    let daemon = Daemon::start(sandbox, db.url());
+    let pool = open_when_ready(sandbox, &db).await;
 
     const FILES: u32 = 2000;
     let writer = {
@@ -377,7 +421,7 @@ async fn kill_9_during_a_burst_loses_nothing() {
             }
         })
     };
-    wait_for(&sandbox, "the burst under way", TIMEOUT, || async {
+    wait_for(sandbox, "the burst under way", TIMEOUT, || async {
         (pool
             .count("SELECT count(*) FROM images WHERE status = 'tagged'")
             .await
@@ -388,8 +432,8 @@ async fn kill_9_during_a_burst_loses_nothing() {
     daemon.kill_9();
     writer.join().unwrap();
 
-    let _daemon = Daemon::start(&sandbox, db.url());
-    let images = wait_settled(&sandbox, &pool, i64::from(FILES), Duration::from_secs(240)).await;
+    let _daemon = Daemon::start(sandbox, db.url());
+    let images = wait_settled(sandbox, &pool, i64::from(FILES), Duration::from_secs(240)).await;
     assert!(
         images.iter().all(|image| image.status == "tagged"),
         "every file tagged"
@@ -406,20 +450,23 @@ async fn kill_9_during_a_burst_loses_nothing() {
     );
 }
 
-/// Opens the catalogue once the daemon has created it.
+/// Opens the catalogue once the daemon has created and migrated it.
 async fn open_when_ready(sandbox: &Sandbox, db: &TestDb) -> Pool {
     wait_for(sandbox, "the catalogue to exist", TIMEOUT, || async {
-        let path = db
+        let file_missing = db
             .url()
             .strip_prefix("sqlite://")
-            .map(std::path::PathBuf::from);
-        let ready = path.is_none_or(|path| path.exists());
-        ready.then_some(())
+            .is_some_and(|path| !std::path::Path::new(path).exists());
+        if file_missing {
+            return None;
+        }
+        let pool = db.pool().await;
+        pool.try_count("SELECT count(*) FROM models")
+            .await
+            .filter(|&models| models > 0)
+            .map(|_| pool)
     })
-    .await;
-    // Migrations run right after the file is created.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    db.pool().await
+    .await
 }
 
 // ---------------------------------------------------------------------------
@@ -538,4 +585,48 @@ fn palette_png_with_transparency() -> Vec<u8> {
         writer.write_image_data(&data).unwrap();
     }
     bytes
+}
+
+/// The database refuses connections for a few seconds while photos keep
+/// arriving: results are held and retried, and nothing is dropped.
+#[tokio::test]
+async fn a_briefly_unavailable_database_loses_no_result() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let sandbox = Sandbox::new();
+    let _daemon = Daemon::start_with(
+        &sandbox,
+        db.url(),
+        &[("TAGD__DATABASE__MAX_RETRY_BACKOFF_MS", "500")],
+    );
+    let pool = open_when_ready(&sandbox, &db).await;
+    copy_in(&sandbox.inbox, "before.jpg", &photo_jpeg(300, 400, 1));
+    wait_settled(&sandbox, &pool, 1, TIMEOUT).await;
+    pool.close().await;
+
+    db.set_available(false).await;
+    for seed in 2..12 {
+        copy_in(
+            &sandbox.inbox,
+            &format!("during-{seed}.jpg"),
+            &photo_jpeg(300, 400, seed),
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    db.set_available(true).await;
+
+    let pool = db.pool().await;
+    let images = wait_settled(&sandbox, &pool, 11, TIMEOUT).await;
+    assert!(
+        images.iter().all(|image| image.status == "tagged"),
+        "{images:?}"
+    );
+    let log = std::fs::read_to_string(sandbox.log()).unwrap();
+    assert!(
+        log.contains("retrying") || log.contains("unavailable"),
+        "the outage was noticed:\n{log}"
+    );
+    pool.close().await;
+    db.drop_database().await;
 }

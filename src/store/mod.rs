@@ -11,6 +11,7 @@
 //! `migrations/postgres`, so the SQL a person writes works on either.
 
 mod postgres;
+mod shared;
 mod sql;
 mod sqlite;
 
@@ -265,9 +266,11 @@ fn is_transient(error: &sqlx::Error) -> bool {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
         sqlx::Error::Database(db) => {
             // SQLITE_BUSY (5) and SQLITE_LOCKED (6); Postgres admin shutdown
-            // and connection failure classes (57P, 08).
+            // and connection failure classes (57P, 08), too many connections
+            // (53300), and 55000, which is what a database refusing
+            // connections (ALLOW_CONNECTIONS false) answers.
             let code = db.code().unwrap_or_default();
-            matches!(code.as_ref(), "5" | "6" | "517" | "262")
+            matches!(code.as_ref(), "5" | "6" | "517" | "262" | "53300" | "55000")
                 || code.starts_with("57P")
                 || code.starts_with("08")
         }

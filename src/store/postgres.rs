@@ -11,7 +11,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
-use super::sql::impl_catalogue;
+use super::shared::impl_catalogue;
 use super::{StoreError, StoreResult};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");

@@ -23,7 +23,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
-use super::sql::impl_catalogue;
+use super::shared::impl_catalogue;
 use super::{StoreError, StoreResult};
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");

@@ -133,6 +133,33 @@ impl TestDb {
         }
     }
 
+    /// Makes a Postgres database refuse connections (closing those open),
+    /// or accept them again: a database outage, as tagd sees it.
+    pub async fn set_available(&self, available: bool) {
+        let TestDb::Postgres {
+            admin_url, name, ..
+        } = self
+        else {
+            panic!("outages are simulated on Postgres");
+        };
+        let mut admin = sqlx::PgConnection::connect(admin_url)
+            .await
+            .expect("admin connection");
+        admin
+            .execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {available}").as_str())
+            .await
+            .expect("alter database");
+        if !available {
+            let terminate = format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+            );
+            admin
+                .execute(terminate.as_str())
+                .await
+                .expect("terminate connections");
+        }
+    }
+
     pub async fn drop_database(self) {
         if let TestDb::Postgres {
             admin_url, name, ..
@@ -187,6 +214,15 @@ impl Pool {
             .fetch_one(p)
             .await
             .expect(sql))
+    }
+
+    /// Like `count`, but `None` while the query cannot run yet (tables not
+    /// created).
+    pub async fn try_count(&self, sql: &str) -> Option<i64> {
+        on_pool!(self, |p| sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(p)
+            .await
+            .ok())
     }
 
     pub async fn images(&self) -> Vec<ImageRow> {
