@@ -34,14 +34,12 @@ pub async fn open_catalogue(
 ) -> anyhow::Result<Arc<dyn Catalogue>> {
     let url = &settings.database.url;
     let started = std::time::Instant::now();
-    let mut backoff = Backoff::new(Duration::from_millis(
-        settings.database.max_retry_backoff_ms,
-    ));
+    let mut backoff = Backoff::new(Duration::from_millis(settings.database.max_retry_backoff_ms));
     loop {
         match store::open(url).await {
             Ok(catalogue) => return Ok(catalogue),
             Err(error) if error.is_transient() && started.elapsed() < patience => {
-                let wait = backoff.next();
+                let wait = backoff.next_wait();
                 tracing::warn!(%error, database = %redact(url), retry_in_ms = wait.as_millis() as u64,
                     "database unavailable at start-up; retrying");
                 tokio::time::sleep(wait).await;
@@ -119,10 +117,8 @@ fn tuning(settings: &Settings) -> Tuning {
 /// Discovery settings for `folders`, which must exist; they are made
 /// absolute so catalogue paths do not depend on the working directory.
 pub fn discovery(settings: &Settings, folders: &[PathBuf]) -> anyhow::Result<DiscoverySettings> {
-    let folders = folders
-        .iter()
-        .map(|folder| absolute_folder(folder))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let folders =
+        folders.iter().map(|folder| absolute_folder(folder)).collect::<anyhow::Result<Vec<_>>>()?;
     let rescan = settings.watch.rescan_interval_secs;
     Ok(DiscoverySettings {
         folders,
@@ -136,16 +132,9 @@ pub fn discovery(settings: &Settings, folders: &[PathBuf]) -> anyhow::Result<Dis
 
 fn absolute_folder(folder: &Path) -> anyhow::Result<PathBuf> {
     let absolute = std::fs::canonicalize(folder).with_context(|| {
-        format!(
-            "watch folder {} does not exist or cannot be read",
-            folder.display()
-        )
+        format!("watch folder {} does not exist or cannot be read", folder.display())
     })?;
-    anyhow::ensure!(
-        absolute.is_dir(),
-        "watch folder {} is not a folder",
-        folder.display()
-    );
+    anyhow::ensure!(absolute.is_dir(), "watch folder {} is not a folder", folder.display());
     Ok(absolute)
 }
 
@@ -155,10 +144,7 @@ mod tests {
 
     #[test]
     fn passwords_are_hidden_in_database_urls() {
-        assert_eq!(
-            redact("postgres://tagd:s3cret@db:5432/cat"),
-            "postgres://tagd:***@db:5432/cat"
-        );
+        assert_eq!(redact("postgres://tagd:s3cret@db:5432/cat"), "postgres://tagd:***@db:5432/cat");
         assert_eq!(redact("postgres://tagd@db/cat"), "postgres://tagd@db/cat");
         assert_eq!(
             redact("sqlite:///var/lib/tagd/catalogue.db"),

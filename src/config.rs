@@ -69,12 +69,7 @@ pub struct PipelineSettings {
 
 impl Default for PipelineSettings {
     fn default() -> Self {
-        PipelineSettings {
-            workers: 0,
-            batch_size: 32,
-            batch_wait_ms: 5,
-            write_batch_size: 256,
-        }
+        PipelineSettings { workers: 0, batch_size: 32, batch_wait_ms: 5, write_batch_size: 256 }
     }
 }
 
@@ -92,11 +87,7 @@ pub struct LimitSettings {
 
 impl Default for LimitSettings {
     fn default() -> Self {
-        LimitSettings {
-            max_image_bytes: 64 * 1024 * 1024,
-            max_pixels: 100_000_000,
-            min_edge_px: 8,
-        }
+        LimitSettings { max_image_bytes: 64 * 1024 * 1024, max_pixels: 100_000_000, min_edge_px: 8 }
     }
 }
 
@@ -244,12 +235,9 @@ pub fn load(
     }
     builder = builder.add_source(environment_layer(env));
 
-    let raw = builder
-        .build()
-        .with_context(|| read_error_context(file.as_deref()))?;
-    let mut settings: Settings = raw
-        .try_deserialize()
-        .with_context(|| read_error_context(file.as_deref()))?;
+    let raw = builder.build().with_context(|| read_error_context(file.as_deref()))?;
+    let mut settings: Settings =
+        raw.try_deserialize().with_context(|| read_error_context(file.as_deref()))?;
 
     apply_overrides(&mut settings, overrides);
     settings.validate()?;
@@ -258,10 +246,9 @@ pub fn load(
 
 fn read_error_context(file: Option<&Path>) -> String {
     match file {
-        Some(path) => format!(
-            "invalid configuration (file {}, or TAGD__ variables)",
-            path.display()
-        ),
+        Some(path) => {
+            format!("invalid configuration (file {}, or TAGD__ variables)", path.display())
+        }
         None => "invalid configuration in TAGD__ environment variables".to_string(),
     }
 }
@@ -269,10 +256,8 @@ fn read_error_context(file: Option<&Path>) -> String {
 /// `TAGD__WATCH__SETTLE_MS=250` sets `watch.settle_ms`. List keys take
 /// comma-separated values.
 fn environment_layer(env: impl IntoIterator<Item = (String, String)>) -> config::Environment {
-    let vars: config::Map<String, String> = env
-        .into_iter()
-        .filter(|(key, _)| key.starts_with("TAGD__"))
-        .collect();
+    let vars: config::Map<String, String> =
+        env.into_iter().filter(|(key, _)| key.starts_with("TAGD__")).collect();
     config::Environment::with_prefix("TAGD")
         .prefix_separator("__")
         .separator("__")
@@ -311,59 +296,28 @@ impl Settings {
             }
         };
 
-        check(
-            !self.watch.folders.is_empty(),
-            "watch.folders",
-            "must name at least one folder",
-        );
+        check(!self.watch.folders.is_empty(), "watch.folders", "must name at least one folder");
         check(
             !self.watch.extensions.is_empty(),
             "watch.extensions",
             "must list at least one extension",
         );
         check(
-            self.watch
-                .extensions
-                .iter()
-                .all(|ext| !ext.is_empty() && !ext.contains('.')),
+            self.watch.extensions.iter().all(|ext| !ext.is_empty() && !ext.contains('.')),
             "watch.extensions",
             "extensions are written without a dot, such as \"jpg\"",
         );
-        check(
-            self.pipeline.batch_size >= 1,
-            "pipeline.batch_size",
-            "must be at least 1",
-        );
-        check(
-            self.pipeline.batch_size <= 1024,
-            "pipeline.batch_size",
-            "must be at most 1024",
-        );
+        check(self.pipeline.batch_size >= 1, "pipeline.batch_size", "must be at least 1");
+        check(self.pipeline.batch_size <= 1024, "pipeline.batch_size", "must be at most 1024");
         check(
             self.pipeline.write_batch_size >= 1,
             "pipeline.write_batch_size",
             "must be at least 1",
         );
-        check(
-            self.pipeline.workers <= 256,
-            "pipeline.workers",
-            "must be at most 256",
-        );
-        check(
-            self.limits.max_image_bytes > 0,
-            "limits.max_image_bytes",
-            "must be positive",
-        );
-        check(
-            self.limits.max_pixels > 0,
-            "limits.max_pixels",
-            "must be positive",
-        );
-        check(
-            self.model.intra_threads >= 1,
-            "model.intra_threads",
-            "must be at least 1",
-        );
+        check(self.pipeline.workers <= 256, "pipeline.workers", "must be at most 256");
+        check(self.limits.max_image_bytes > 0, "limits.max_image_bytes", "must be positive");
+        check(self.limits.max_pixels > 0, "limits.max_pixels", "must be positive");
+        check(self.model.intra_threads >= 1, "model.intra_threads", "must be at least 1");
         check(
             is_probability(self.review.min_confidence),
             "review.min_confidence",
@@ -393,11 +347,7 @@ impl Settings {
             "database.url",
             "must start with sqlite:, postgres:// or postgresql://",
         );
-        check(
-            !self.log.level.trim().is_empty(),
-            "log.level",
-            "must not be empty",
-        );
+        check(!self.log.level.trim().is_empty(), "log.level", "must not be empty");
 
         if problems.is_empty() {
             Ok(())
@@ -416,11 +366,7 @@ impl Settings {
 
     /// The file extensions tagd reads, lower-cased.
     pub fn extensions(&self) -> Vec<String> {
-        self.watch
-            .extensions
-            .iter()
-            .map(|ext| ext.to_ascii_lowercase())
-            .collect()
+        self.watch.extensions.iter().map(|ext| ext.to_ascii_lowercase()).collect()
     }
 }
 
@@ -452,25 +398,17 @@ mod tests {
     fn file_then_environment_then_flags() {
         let toml =
             "[watch]\nsettle_ms = 900\nfolders = [\"/a\"]\n[database]\nurl = \"sqlite://x.db\"\n";
-        let env = [
-            ("TAGD__WATCH__SETTLE_MS", "250"),
-            ("TAGD__WATCH__FOLDERS", "/b,/c"),
-        ];
+        let env = [("TAGD__WATCH__SETTLE_MS", "250"), ("TAGD__WATCH__FOLDERS", "/b,/c")];
         let settings = load_str(toml, &env).unwrap();
         assert_eq!(settings.watch.settle_ms, 250);
-        assert_eq!(
-            settings.watch.folders,
-            vec![PathBuf::from("/b"), PathBuf::from("/c")]
-        );
+        assert_eq!(settings.watch.folders, vec![PathBuf::from("/b"), PathBuf::from("/c")]);
         assert_eq!(settings.database.url, "sqlite://x.db");
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tagd.toml");
         std::fs::write(&path, toml).unwrap();
-        let overrides = Overrides {
-            database_url: Some("postgres://db/x".into()),
-            ..Overrides::default()
-        };
+        let overrides =
+            Overrides { database_url: Some("postgres://db/x".into()), ..Overrides::default() };
         let loaded = load(Some(&path), Vec::new(), &overrides).unwrap();
         assert_eq!(loaded.settings.database.url, "postgres://db/x");
     }
@@ -493,26 +431,17 @@ mod tests {
         assert!(format!("{error:#}").contains("settle_ms"), "{error:#}");
 
         let error = load_str("[pipeline]\nbatch_size = 0\n", &[]).unwrap_err();
-        assert!(
-            format!("{error:#}").contains("pipeline.batch_size"),
-            "{error:#}"
-        );
+        assert!(format!("{error:#}").contains("pipeline.batch_size"), "{error:#}");
 
         let error = load_str("[review]\nmin_confidence = 1.5\n", &[]).unwrap_err();
-        assert!(
-            format!("{error:#}").contains("review.min_confidence"),
-            "{error:#}"
-        );
+        assert!(format!("{error:#}").contains("review.min_confidence"), "{error:#}");
     }
 
     #[test]
     fn a_missing_explicit_file_is_an_error() {
-        let error = load(
-            Some(Path::new("/nonexistent/tagd.toml")),
-            Vec::new(),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let error =
+            load(Some(Path::new("/nonexistent/tagd.toml")), Vec::new(), &Overrides::default())
+                .unwrap_err();
         assert!(error.to_string().contains("/nonexistent/tagd.toml"));
     }
 

@@ -10,7 +10,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::Backoff;
-use crate::store::{Catalogue, FileFacts, StoreResult};
+use crate::store::{Catalogue, FileFacts};
 use crate::watch::{self, FsSignal, NameFilter, Settler, Stat, path_text};
 
 /// Where and how to look for photos.
@@ -33,6 +33,10 @@ pub struct Discovery {
     catalogue: Arc<dyn Catalogue>,
     settings: DiscoverySettings,
     settler: Settler,
+    /// Settled files the catalogue could not take yet (database down),
+    /// retried with backoff so none waits for the next scan.
+    backlog: Vec<FileFacts>,
+    backlog_backoff: Backoff,
     /// Rung after new pending rows are committed.
     wake: Arc<Notify>,
 }
@@ -54,12 +58,8 @@ impl Discovery {
         wake: Arc<Notify>,
     ) -> Discovery {
         let settler = Settler::new(settings.settle);
-        Discovery {
-            catalogue,
-            settings,
-            settler,
-            wake,
-        }
+        let backlog_backoff = Backoff::new(settings.max_retry_backoff);
+        Discovery { catalogue, settings, settler, backlog: Vec::new(), backlog_backoff, wake }
     }
 
     /// Watches the folders until `shutdown`. The watch starts before the
@@ -83,12 +83,12 @@ impl Discovery {
             (self.settings.settle / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
         let mut settle_tick = tokio::time::interval(poll_every);
         settle_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let rescan_every = self
-            .settings
-            .rescan_interval
-            .unwrap_or(Duration::from_secs(86_400 * 365));
+        let rescan_every =
+            self.settings.rescan_interval.unwrap_or(Duration::from_secs(86_400 * 365));
         let mut rescan_tick =
             tokio::time::interval_at(tokio::time::Instant::now() + rescan_every, rescan_every);
+
+        let mut backlog_retry = tokio::time::Instant::now();
 
         loop {
             tokio::select! {
@@ -97,6 +97,14 @@ impl Discovery {
                 _ = settle_tick.tick(), if !self.settler.is_empty() => {
                     let settled = self.settler.poll();
                     self.record(settled).await;
+                }
+                _ = tokio::time::sleep_until(backlog_retry), if !self.backlog.is_empty() => {
+                    let backlog = std::mem::take(&mut self.backlog);
+                    self.record(backlog).await;
+                    if self.backlog.is_empty() {
+                        self.backlog_backoff.reset();
+                    }
+                    backlog_retry = tokio::time::Instant::now() + self.backlog_backoff.next_wait();
                 }
                 _ = rescan_tick.tick(), if self.settings.rescan_interval.is_some() => {
                     let report = self.reconcile_all().await;
@@ -153,25 +161,19 @@ impl Discovery {
         let found = self.walk(root).await;
         let (prefix, _) = path_text(root);
         let known = match self.catalogue.known_files(&prefix).await {
-            Ok(known) => known
-                .into_iter()
-                .filter(|file| is_under(&file.path, &prefix))
-                .collect::<Vec<_>>(),
+            Ok(known) => {
+                known.into_iter().filter(|file| is_under(&file.path, &prefix)).collect::<Vec<_>>()
+            }
             Err(error) => {
                 tracing::error!(%error, folder = %root.display(), stage = "discover",
                     "cannot read the catalogue for a scan; the next scan retries");
                 return ScanReport::default();
             }
         };
-        let known: HashMap<String, _> = known
-            .into_iter()
-            .map(|file| (file.path.clone(), file))
-            .collect();
+        let known: HashMap<String, _> =
+            known.into_iter().map(|file| (file.path.clone(), file)).collect();
 
-        let mut report = ScanReport {
-            files_seen: found.len(),
-            ..ScanReport::default()
-        };
+        let mut report = ScanReport { files_seen: found.len(), ..ScanReport::default() };
         let mut on_disk = HashSet::with_capacity(found.len());
         let mut ready = Vec::new();
         for (path, stat) in found {
@@ -234,36 +236,24 @@ impl Discovery {
         pending
     }
 
-    /// Records settled files as pending, retrying while the database is
-    /// unavailable (a later scan would find them anyway, but sooner is better).
-    async fn record(&self, files: Vec<FileFacts>) -> u64 {
+    /// Records settled files as pending. Files the catalogue cannot take
+    /// now go to the backlog, which is retried with backoff.
+    async fn record(&mut self, files: Vec<FileFacts>) -> u64 {
         let mut pending = 0;
         for chunk in files.chunks(RECORD_CHUNK) {
-            match self.record_chunk(chunk).await {
+            match self.catalogue.record_discovered(chunk).await {
                 Ok(count) => pending += count,
-                Err(error) => tracing::error!(%error, files = chunk.len(), stage = "discover",
-                    "cannot record discovered files; the next scan retries"),
+                Err(error) => {
+                    tracing::error!(%error, files = chunk.len(), stage = "discover",
+                        "cannot record discovered files; holding them and retrying");
+                    self.backlog.extend_from_slice(chunk);
+                }
             }
         }
         if pending > 0 {
             self.wake.notify_one();
         }
         pending
-    }
-
-    async fn record_chunk(&self, chunk: &[FileFacts]) -> StoreResult<u64> {
-        let mut backoff = Backoff::new(self.settings.max_retry_backoff);
-        for _ in 0..8 {
-            match self.catalogue.record_discovered(chunk).await {
-                Err(error) if error.is_transient() => {
-                    let wait = backoff.next();
-                    tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "database unavailable");
-                    tokio::time::sleep(wait).await;
-                }
-                other => return other,
-            }
-        }
-        self.catalogue.record_discovered(chunk).await
     }
 }
 
@@ -285,10 +275,7 @@ fn log_rescan(why: &str, report: ScanReport) {
 /// but not `/inbox/a.jpg`.
 fn is_under(path: &str, root: &str) -> bool {
     let root = root.trim_end_matches('/');
-    path == root
-        || path
-            .strip_prefix(root)
-            .is_some_and(|rest| rest.starts_with('/'))
+    path == root || path.strip_prefix(root).is_some_and(|rest| rest.starts_with('/'))
 }
 
 #[cfg(test)]

@@ -51,27 +51,14 @@ pub fn load_runtime(library: &Path) -> anyhow::Result<&'static Environment> {
     // dlopen's own message is lost by the loader; say plainly what is missing.
     let is_bare_name = library.components().count() == 1;
     if !is_bare_name && !library.exists() {
-        bail!(
-            "ONNX Runtime library {} does not exist; {INSTALL_HINT}",
-            library.display()
-        );
+        bail!("ONNX Runtime library {} does not exist; {INSTALL_HINT}", library.display());
     }
     let builder = ort::init_from(library).map_err(|error| {
-        anyhow!(
-            "cannot load ONNX Runtime from {}: {error}; {INSTALL_HINT}",
-            library.display()
-        )
+        anyhow!("cannot load ONNX Runtime from {}: {error}; {INSTALL_HINT}", library.display())
     })?;
-    let environment = builder
-        .with_name("tagd")
-        .with_telemetry(false)
-        .build()
-        .map_err(|error| {
-            anyhow!(
-                "cannot start ONNX Runtime from {}: {error}",
-                library.display()
-            )
-        })?;
+    let environment = builder.with_name("tagd").with_telemetry(false).build().map_err(|error| {
+        anyhow!("cannot start ONNX Runtime from {}: {error}", library.display())
+    })?;
     Ok(ENVIRONMENT.get_or_init(|| environment))
 }
 
@@ -95,16 +82,8 @@ impl Classifier {
             .map_err(|error| anyhow!("cannot open model {}: {error}", model.onnx_path.display()))?;
 
         let manifest = &model.manifest;
-        let inputs: Vec<&str> = session
-            .inputs()
-            .iter()
-            .map(|outlet| outlet.name())
-            .collect();
-        let outputs: Vec<&str> = session
-            .outputs()
-            .iter()
-            .map(|outlet| outlet.name())
-            .collect();
+        let inputs: Vec<&str> = session.inputs().iter().map(|outlet| outlet.name()).collect();
+        let outputs: Vec<&str> = session.outputs().iter().map(|outlet| outlet.name()).collect();
         ensure!(
             inputs.contains(&manifest.input.name.as_str()),
             "model {} has inputs {inputs:?}, but its manifest names {:?}",
@@ -152,7 +131,7 @@ impl Classifier {
     /// image.
     pub fn logits(&self, batch: &[f32]) -> anyhow::Result<Vec<Vec<f32>>> {
         ensure!(
-            !batch.is_empty() && batch.len() % INPUT_PIXELS == 0,
+            !batch.is_empty() && batch.len().is_multiple_of(INPUT_PIXELS),
             "a batch holds whole 28x28 images"
         );
         let count = batch.len() / INPUT_PIXELS;
@@ -162,10 +141,7 @@ impl Classifier {
 
         // A poisoned lock only means another batch panicked; the session
         // itself holds no state between runs.
-        let mut session = self
-            .session
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let outputs = session
             .run(ort::inputs![self.input_name.as_str() => input])
             .context("inference failed")?;
@@ -221,9 +197,7 @@ impl ReviewPolicy {
     /// The config's values where set, else the manifest's.
     pub fn resolve(model: &ModelFolder, settings: &ReviewSettings) -> anyhow::Result<ReviewPolicy> {
         let manifest = &model.manifest;
-        let min_confidence = settings
-            .min_confidence
-            .unwrap_or(manifest.review.min_confidence);
+        let min_confidence = settings.min_confidence.unwrap_or(manifest.review.min_confidence);
         let min_margin = settings.min_margin.unwrap_or(manifest.review.min_margin);
 
         let mut per_class = vec![min_confidence; manifest.labels.len()];

@@ -83,10 +83,7 @@ impl ModelFolder {
         let manifest: Manifest = toml::from_str(&text)
             .with_context(|| format!("invalid model manifest {}", manifest_path.display()))?;
         manifest.check_contract().with_context(|| {
-            format!(
-                "model manifest {} cannot be honoured",
-                manifest_path.display()
-            )
+            format!("model manifest {} cannot be honoured", manifest_path.display())
         })?;
 
         let onnx_path = dir.join(&manifest.onnx_file);
@@ -100,11 +97,7 @@ impl ModelFolder {
             manifest.sha256
         );
 
-        Ok(ModelFolder {
-            dir: dir.to_path_buf(),
-            manifest,
-            onnx_path,
-        })
+        Ok(ModelFolder { dir: dir.to_path_buf(), manifest, onnx_path })
     }
 }
 
@@ -143,9 +136,7 @@ impl Manifest {
 
     /// The index of a label name, as given by a person (case-insensitive).
     pub fn label_index(&self, name: &str) -> Option<usize> {
-        self.labels
-            .iter()
-            .position(|label| label.eq_ignore_ascii_case(name))
+        self.labels.iter().position(|label| label.eq_ignore_ascii_case(name))
     }
 }
 

@@ -69,16 +69,10 @@ pub struct Counters {
 
 impl Counters {
     pub fn finished(&self) -> u64 {
-        [
-            &self.tagged,
-            &self.reused,
-            &self.failed,
-            &self.skipped,
-            &self.vanished,
-        ]
-        .iter()
-        .map(|counter| counter.load(Ordering::Relaxed))
-        .sum()
+        [&self.tagged, &self.reused, &self.failed, &self.skipped, &self.vanished]
+            .iter()
+            .map(|counter| counter.load(Ordering::Relaxed))
+            .sum()
     }
 
     fn count(&self, outcome: &Outcome) {
@@ -143,9 +137,7 @@ impl Engine {
     }
 
     fn lock_inflight(&self) -> std::sync::MutexGuard<'_, HashSet<ImageId>> {
-        self.inflight
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inflight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// How many images may be claimed at once: enough to keep every worker
@@ -161,11 +153,7 @@ pub async fn process(engine: Arc<Engine>, shutdown: CancellationToken) {
     let (finished_tx, finished_rx) = mpsc::channel(engine.tuning.write_batch_size * 2);
     let (jobs_tx, jobs_rx) = mpsc::channel(engine.tuning.batch_size * 2);
 
-    let writer = tokio::spawn(write_outcomes(
-        engine.clone(),
-        finished_rx,
-        shutdown.clone(),
-    ));
+    let writer = tokio::spawn(write_outcomes(engine.clone(), finished_rx, shutdown.clone()));
     let batcher = tokio::spawn(infer_batches(engine.clone(), jobs_rx, finished_tx.clone()));
 
     dispatch(&engine, &shutdown, jobs_tx, finished_tx).await;
@@ -208,7 +196,7 @@ async fn dispatch(
                     }
                 }
                 Err(error) => {
-                    let wait = backoff.next();
+                    let wait = backoff.next_wait();
                     tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "cannot read pending images");
                     tokio::time::sleep(wait).await;
                     continue;
@@ -243,48 +231,22 @@ async fn handle_image(
     let started = Instant::now();
     let path = row.path.clone();
     let outcome = match prepare_image(engine, cpu, &row).await {
-        Ok(Ready::Convert {
-            content_hash,
-            prepared,
-        }) => {
-            let job = InferenceJob {
-                image: row.id,
-                path,
-                content_hash,
-                prepared,
-                started,
-            };
+        Ok(Ready::Convert { content_hash, prepared }) => {
+            let job = InferenceJob { image: row.id, path, content_hash, prepared, started };
             let _ = jobs.send(job).await;
             return;
         }
-        Ok(Ready::Reuse {
-            content_hash,
-            from_image,
-        }) => Outcome::Reused {
-            image: row.id,
-            content_hash,
-            from_image,
-        },
+        Ok(Ready::Reuse { content_hash, from_image }) => {
+            Outcome::Reused { image: row.id, content_hash, from_image }
+        }
         Err(outcome) => outcome,
     };
-    let _ = finished
-        .send(Finished {
-            outcome,
-            path,
-            started,
-        })
-        .await;
+    let _ = finished.send(Finished { outcome, path, started }).await;
 }
 
 enum Ready {
-    Convert {
-        content_hash: String,
-        prepared: Prepared,
-    },
-    Reuse {
-        content_hash: String,
-        from_image: ImageId,
-    },
+    Convert { content_hash: String, prepared: Prepared },
+    Reuse { content_hash: String, from_image: ImageId },
 }
 
 /// The per-image work before inference. An `Err` is the image's final
@@ -306,16 +268,9 @@ async fn prepare_image(
     .map_err(|error| failure(image, None, error))?;
 
     // Identical bytes already tagged by this model: copy, do not infer.
-    match engine
-        .catalogue
-        .find_tagged_by_hash(&content_hash, engine.model_id)
-        .await
-    {
+    match engine.catalogue.find_tagged_by_hash(&content_hash, engine.model_id).await {
         Ok(Some(from_image)) => {
-            return Ok(Ready::Reuse {
-                content_hash,
-                from_image,
-            });
+            return Ok(Ready::Reuse { content_hash, from_image });
         }
         Ok(None) => {}
         Err(error) => {
@@ -326,10 +281,7 @@ async fn prepare_image(
     let prepared = on_cpu(cpu, &row.path, move || preprocess::prepare(&bytes, &limits))
         .await
         .map_err(|error| failure(image, Some(content_hash.clone()), error))?;
-    Ok(Ready::Convert {
-        content_hash,
-        prepared,
-    })
+    Ok(Ready::Convert { content_hash, prepared })
 }
 
 /// A failure as an outcome: a vanished file is marked gone, the rest fail.
@@ -339,10 +291,7 @@ fn failure(image: ImageId, content_hash: Option<String>, error: ImageError) -> O
         error => Outcome::Failed {
             image,
             content_hash,
-            problem: Problem {
-                code: error.code().to_string(),
-                message: error.to_string(),
-            },
+            problem: Problem { code: error.code().to_string(), message: error.to_string() },
         },
     }
 }
@@ -392,10 +341,8 @@ async fn infer_batches(
 async fn run_batch(engine: &Arc<Engine>, batch: Vec<InferenceJob>) -> Vec<Finished> {
     let manifest = &engine.classifier.model().manifest;
     let (mean, std) = (manifest.input.mean, manifest.input.std);
-    let tensor: Vec<f32> = batch
-        .iter()
-        .flat_map(|job| job.prepared.converted.to_tensor(mean, std))
-        .collect();
+    let tensor: Vec<f32> =
+        batch.iter().flat_map(|job| job.prepared.converted.to_tensor(mean, std)).collect();
 
     let classifier = engine.classifier.clone();
     let logits = tokio::task::spawn_blocking(move || classifier.logits(&tensor)).await;
@@ -406,11 +353,9 @@ async fn run_batch(engine: &Arc<Engine>, batch: Vec<InferenceJob>) -> Vec<Finish
     };
 
     match logits {
-        Ok(rows) => batch
-            .into_iter()
-            .zip(rows)
-            .map(|(job, logits)| tagged(engine, job, &logits))
-            .collect(),
+        Ok(rows) => {
+            batch.into_iter().zip(rows).map(|(job, logits)| tagged(engine, job, &logits)).collect()
+        }
         Err(message) => {
             tracing::error!(error = %message, images = batch.len(), "inference failed for a batch");
             batch
@@ -490,11 +435,7 @@ async fn commit_with_retry(
     let mut backoff = Backoff::new(engine.tuning.max_retry_backoff);
     let mut stopping_since: Option<Instant> = None;
     loop {
-        let error = match engine
-            .catalogue
-            .record_outcomes(engine.model_id, outcomes)
-            .await
-        {
+        let error = match engine.catalogue.record_outcomes(engine.model_id, outcomes).await {
             Ok(()) => return true,
             Err(error) => error,
         };
@@ -513,7 +454,7 @@ async fn commit_with_retry(
                 return false;
             }
         }
-        let wait = backoff.next();
+        let wait = backoff.next_wait();
         tracing::error!(%error, images = outcomes.len(), retry_in_ms = wait.as_millis() as u64, stage = "store",
             "cannot write results; holding them and retrying");
         tokio::time::sleep(wait).await;
@@ -530,10 +471,8 @@ async fn commit_one_by_one(
     tracing::warn!(error = %batch_error, stage = "store", "a result batch was refused; writing its rows one by one");
     let mut all = true;
     for outcome in outcomes {
-        if let Err(error) = engine
-            .catalogue
-            .record_outcomes(engine.model_id, std::slice::from_ref(outcome))
-            .await
+        if let Err(error) =
+            engine.catalogue.record_outcomes(engine.model_id, std::slice::from_ref(outcome)).await
         {
             tracing::error!(%error, image_id = outcome.image(), stage = "store", "cannot write a result; the image stays pending");
             all = false;
@@ -561,10 +500,7 @@ fn release(engine: &Engine, batch: &[Finished], committed: bool) {
         log_outcome(done);
         if matches!(done.outcome, Outcome::Tagged { .. }) {
             let micros = done.started.elapsed().as_micros() as u64;
-            engine
-                .counters
-                .busy_micros
-                .fetch_add(micros, Ordering::Relaxed);
+            engine.counters.busy_micros.fetch_add(micros, Ordering::Relaxed);
         }
     }
     engine.wake.notify_one();
@@ -573,16 +509,12 @@ fn release(engine: &Engine, batch: &[Finished], committed: bool) {
 fn log_outcome(done: &Finished) {
     let elapsed_ms = done.started.elapsed().as_secs_f64() * 1000.0;
     match &done.outcome {
-        Outcome::Tagged {
-            image, prediction, ..
-        } => tracing::debug!(
+        Outcome::Tagged { image, prediction, .. } => tracing::debug!(
             path = %done.path, image_id = image, label = %prediction.label,
             score = prediction.confidence, review = prediction.needs_review, elapsed_ms,
             "tagged"
         ),
-        Outcome::Reused {
-            image, from_image, ..
-        } => tracing::debug!(
+        Outcome::Reused { image, from_image, .. } => tracing::debug!(
             path = %done.path, image_id = image, from_image_id = from_image, elapsed_ms,
             "same bytes as an image already tagged; result reused"
         ),
@@ -611,13 +543,10 @@ impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
 
     pub fn new(max: Duration) -> Backoff {
-        Backoff {
-            next: Self::FIRST,
-            max: max.max(Self::FIRST),
-        }
+        Backoff { next: Self::FIRST, max: max.max(Self::FIRST) }
     }
 
-    pub fn next(&mut self) -> Duration {
+    pub fn next_wait(&mut self) -> Duration {
         let wait = self.next;
         self.next = (self.next * 2).min(self.max);
         wait
@@ -635,9 +564,9 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_its_ceiling_and_resets() {
         let mut backoff = Backoff::new(Duration::from_millis(500));
-        let waits: Vec<u64> = (0..5).map(|_| backoff.next().as_millis() as u64).collect();
+        let waits: Vec<u64> = (0..5).map(|_| backoff.next_wait().as_millis() as u64).collect();
         assert_eq!(waits, [100, 200, 400, 500, 500]);
         backoff.reset();
-        assert_eq!(backoff.next(), Duration::from_millis(100));
+        assert_eq!(backoff.next_wait(), Duration::from_millis(100));
     }
 }

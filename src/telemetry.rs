@@ -20,20 +20,12 @@ pub fn init(format: LogFormat, level: &str) {
 
     let under_systemd =
         std::env::var_os("JOURNAL_STREAM").is_some() || std::env::var_os("INVOCATION_ID").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-        LogFormat::Auto if under_systemd => builder
-            .without_time()
-            .with_ansi(false)
-            .with_target(false)
-            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Auto if under_systemd => {
+            builder.without_time().with_ansi(false).with_target(false).try_init()
+        }
         LogFormat::Auto | LogFormat::Text => builder.with_target(false).try_init(),
     };
     // A second init (tests, or a command that logs before its config is

@@ -65,11 +65,7 @@ pub fn watch(
     })
     .context("cannot start the file watcher")?;
 
-    let mode = if recursive {
-        RecursiveMode::Recursive
-    } else {
-        RecursiveMode::NonRecursive
-    };
+    let mode = if recursive { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
     for folder in folders {
         watcher
             .watch(folder, mode)
@@ -104,10 +100,7 @@ fn signals_of(event: notify::Result<notify::Event>) -> Vec<FsSignal> {
             let mut paths = event.paths.into_iter();
             let from = paths.next();
             let to = paths.next();
-            from.map(FsSignal::Removed)
-                .into_iter()
-                .chain(to.map(arrived))
-                .collect()
+            from.map(FsSignal::Removed).into_iter().chain(to.map(arrived)).collect()
         }
         EventKind::Modify(ModifyKind::Name(RenameMode::From)) | EventKind::Remove(_) => {
             event.paths.into_iter().map(FsSignal::Removed).collect()
@@ -118,11 +111,7 @@ fn signals_of(event: notify::Result<notify::Event>) -> Vec<FsSignal> {
 
 /// A path that was renamed into place: a folder to walk or a complete file.
 fn arrived(path: PathBuf) -> FsSignal {
-    if path.is_dir() {
-        FsSignal::Folder(path)
-    } else {
-        FsSignal::File(path)
-    }
+    if path.is_dir() { FsSignal::Folder(path) } else { FsSignal::File(path) }
 }
 
 /// Which file names discovery considers.
@@ -132,25 +121,12 @@ pub struct NameFilter {
 }
 
 /// Suffixes of files still being written by browsers, editors and copy tools.
-const TEMPORARY_SUFFIXES: &[&str] = &[
-    ".part",
-    ".partial",
-    ".tmp",
-    ".temp",
-    ".crdownload",
-    ".download",
-    ".swp",
-    "~",
-];
+const TEMPORARY_SUFFIXES: &[&str] =
+    &[".part", ".partial", ".tmp", ".temp", ".crdownload", ".download", ".swp", "~"];
 
 impl NameFilter {
     pub fn new(extensions: &[String]) -> NameFilter {
-        NameFilter {
-            extensions: extensions
-                .iter()
-                .map(|ext| ext.to_ascii_lowercase())
-                .collect(),
-        }
+        NameFilter { extensions: extensions.iter().map(|ext| ext.to_ascii_lowercase()).collect() }
     }
 
     /// Hidden and temporary names are never tagged; other names are tagged
@@ -164,10 +140,7 @@ impl NameFilter {
             return false;
         }
         let lower = bytes.to_ascii_lowercase();
-        if TEMPORARY_SUFFIXES
-            .iter()
-            .any(|suffix| lower.ends_with(suffix.as_bytes()))
-        {
+        if TEMPORARY_SUFFIXES.iter().any(|suffix| lower.ends_with(suffix.as_bytes())) {
             return false;
         }
         path.extension()
@@ -220,9 +193,7 @@ impl Stat {
 
     /// True when the file has not been modified for `window`.
     fn quiet_for(&self, window: Duration) -> bool {
-        SystemTime::now()
-            .duration_since(self.mtime)
-            .is_ok_and(|age| age >= window)
+        SystemTime::now().duration_since(self.mtime).is_ok_and(|age| age >= window)
     }
 }
 
@@ -250,10 +221,7 @@ pub struct Settler {
 
 impl Settler {
     pub fn new(window: Duration) -> Settler {
-        Settler {
-            window,
-            waiting: HashMap::new(),
-        }
+        Settler { window, waiting: HashMap::new() }
     }
 
     /// Notes a candidate. Returns its facts at once when the file has been
@@ -313,10 +281,8 @@ impl Settler {
 /// skipped: one bad folder must not stop a scan.
 pub fn walk(root: &Path, recursive: bool, filter: &NameFilter) -> Vec<(PathBuf, Stat)> {
     let max_depth = if recursive { usize::MAX } else { 1 };
-    let walker = walkdir::WalkDir::new(root)
-        .max_depth(max_depth)
-        .into_iter()
-        .filter_entry(|entry| {
+    let walker =
+        walkdir::WalkDir::new(root).max_depth(max_depth).into_iter().filter_entry(|entry| {
             entry.depth() == 0 || !entry.file_name().as_bytes().starts_with(b".")
         });
 
@@ -358,13 +324,9 @@ mod tests {
 
     #[test]
     fn hidden_and_temporary_names_are_ignored() {
-        for name in [
-            ".shoe.jpg",
-            "shoe.jpg.part",
-            "shoe.jpg~",
-            "shoe.jpg.tmp",
-            "shoe.jpg.crdownload",
-        ] {
+        for name in
+            [".shoe.jpg", "shoe.jpg.part", "shoe.jpg~", "shoe.jpg.tmp", "shoe.jpg.crdownload"]
+        {
             assert!(!filter().accepts(&Path::new("/in").join(name)), "{name}");
         }
     }
@@ -373,10 +335,7 @@ mod tests {
     fn non_utf8_names_are_escaped_and_skipped() {
         let path = PathBuf::from(std::ffi::OsString::from_vec(b"/in/caf\xe9.jpg".to_vec()));
         assert!(filter().accepts(&path));
-        let stat = Stat {
-            size: 3,
-            mtime: UNIX_EPOCH,
-        };
+        let stat = Stat { size: 3, mtime: UNIX_EPOCH };
         let facts = facts(&path, stat);
         assert_eq!(facts.path, "/in/caf\\xE9.jpg");
         assert_eq!(facts.skip.unwrap().code, "path_not_utf8");
@@ -389,10 +348,7 @@ mod tests {
         std::fs::write(&path, b"abc").unwrap();
         let mut settler = Settler::new(Duration::from_millis(200));
 
-        let old = Stat {
-            size: 3,
-            mtime: UNIX_EPOCH,
-        };
+        let old = Stat { size: 3, mtime: UNIX_EPOCH };
         assert!(settler.observe(path.clone(), old).is_some());
 
         let fresh = Stat::of(&path).unwrap();
@@ -417,10 +373,7 @@ mod tests {
         std::fs::write(&path, b"abcdef").unwrap();
         assert!(settler.poll().is_empty());
         std::thread::sleep(Duration::from_millis(200));
-        assert!(
-            settler.poll().is_empty(),
-            "the window restarted when the file grew"
-        );
+        assert!(settler.poll().is_empty(), "the window restarted when the file grew");
         std::thread::sleep(Duration::from_millis(150));
         assert_eq!(settler.poll()[0].size_bytes, 6);
     }

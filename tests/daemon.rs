@@ -35,10 +35,7 @@ async fn dropped_photos(sandbox: &Sandbox, db: TestDb) {
 
     let pool = open_when_ready(sandbox, &db).await;
     let images = wait_settled(sandbox, &pool, 4, TIMEOUT).await;
-    assert!(
-        images.iter().all(|image| image.status == "tagged"),
-        "{images:?}"
-    );
+    assert!(images.iter().all(|image| image.status == "tagged"), "{images:?}");
 
     for (path, label, confidence) in pool.catalogue().await {
         let label = label.expect("a label");
@@ -50,11 +47,7 @@ async fn dropped_photos(sandbox: &Sandbox, db: TestDb) {
     // Every prediction names the model's hash and the preprocessing, and its
     // probabilities sum to one.
     let manifest = std::fs::read_to_string(model_dir().join("model.toml")).unwrap();
-    let sha = manifest
-        .lines()
-        .find_map(|l| l.strip_prefix("sha256 = "))
-        .unwrap()
-        .trim_matches('"');
+    let sha = manifest.lines().find_map(|l| l.strip_prefix("sha256 = ")).unwrap().trim_matches('"');
     let matching = pool
         .count(&format!(
             "SELECT count(*) FROM predictions p JOIN models m ON m.id = p.model_id \
@@ -86,11 +79,7 @@ async fn a_file_written_slowly_is_tagged_once_and_complete() {
     let pool = open_when_ready(&sandbox, &db).await;
     let images = wait_settled(&sandbox, &pool, 1, TIMEOUT).await;
     assert_eq!(images[0].status, "tagged", "{images:?}");
-    assert_eq!(
-        pool.count("SELECT count(*) FROM predictions").await,
-        1,
-        "tagged exactly once"
-    );
+    assert_eq!(pool.count("SELECT count(*) FROM predictions").await, 1, "tagged exactly once");
     assert_eq!(
         pool.count("SELECT size_bytes FROM images").await,
         bytes.len() as i64,
@@ -104,19 +93,12 @@ async fn files_added_while_stopped_are_tagged_at_start() {
     let db = TestDb::sqlite(sandbox.path());
     std::fs::create_dir(sandbox.inbox.join("spring")).unwrap();
     copy_in(&sandbox.inbox, "a.jpg", &photo_jpeg(300, 400, 1));
-    copy_in(
-        &sandbox.inbox.join("spring"),
-        "b.jpg",
-        &photo_jpeg(300, 400, 2),
-    );
+    copy_in(&sandbox.inbox.join("spring"), "b.jpg", &photo_jpeg(300, 400, 2));
 
     let _daemon = Daemon::start(&sandbox, db.url());
     let pool = open_when_ready(&sandbox, &db).await;
     let images = wait_settled(&sandbox, &pool, 2, TIMEOUT).await;
-    assert!(
-        images.iter().all(|image| image.status == "tagged"),
-        "{images:?}"
-    );
+    assert!(images.iter().all(|image| image.status == "tagged"), "{images:?}");
     assert!(images[1].path.ends_with("spring/b.jpg"));
 }
 
@@ -135,18 +117,17 @@ async fn a_new_subfolder_and_a_moved_in_file_are_seen() {
     copy_in(
         &outside,
         "d.png",
-        &encode_png(&image::DynamicImage::ImageRgb8(
-            image::RgbImage::from_pixel(64, 64, image::Rgb([200, 10, 10])),
-        )),
+        &encode_png(&image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            64,
+            64,
+            image::Rgb([200, 10, 10]),
+        ))),
     );
     std::fs::rename(&outside, sandbox.inbox.join("moved")).unwrap();
     drop_file(&sandbox.inbox, "e.jpg", &photo_jpeg(200, 300, 4));
 
     let images = wait_settled(&sandbox, &pool, 3, TIMEOUT).await;
-    assert!(
-        images.iter().all(|image| image.status == "tagged"),
-        "{images:?}"
-    );
+    assert!(images.iter().all(|image| image.status == "tagged"), "{images:?}");
 }
 
 /// Each bad input ends as a failed or skipped row with a stable code, and
@@ -178,38 +159,18 @@ async fn bad_input(sandbox: &Sandbox, db: TestDb) {
             "failed",
             Some("truncated_image"),
         ),
-        (
-            "random.jpg",
-            pseudo_random_bytes(5000),
-            "failed",
-            Some("not_an_image"),
-        ),
+        ("random.jpg", pseudo_random_bytes(5000), "failed", Some("not_an_image")),
         (
             "notes.jpg",
             b"this is a text file, not a photo\n".to_vec(),
             "failed",
             Some("not_an_image"),
         ),
-        (
-            "huge.png",
-            huge_png_header(),
-            "failed",
-            Some("too_many_pixels"),
-        ),
-        (
-            "dot.png",
-            one_pixel_png(),
-            "failed",
-            Some("image_too_small"),
-        ),
+        ("huge.png", huge_png_header(), "failed", Some("too_many_pixels")),
+        ("dot.png", one_pixel_png(), "failed", Some("image_too_small")),
         ("cmyk.jpg", cmyk_jpeg(), "tagged", None),
         ("sixteen.png", sixteen_bit_png(), "tagged", None),
-        (
-            "palette.png",
-            palette_png_with_transparency(),
-            "tagged",
-            None,
-        ),
+        ("palette.png", palette_png_with_transparency(), "tagged", None),
     ];
     for (name, bytes, _, _) in &cases {
         copy_in(&sandbox.inbox, name, bytes);
@@ -219,20 +180,10 @@ async fn bad_input(sandbox: &Sandbox, db: TestDb) {
 
     let images = wait_settled(sandbox, &pool, cases.len() as i64 + 1, TIMEOUT).await;
     for (name, _, status, code) in &cases {
-        let row = images
-            .iter()
-            .find(|image| image.path.ends_with(name))
-            .unwrap();
-        assert_eq!(
-            (row.status.as_str(), row.error_code.as_deref()),
-            (*status, *code),
-            "{name}"
-        );
+        let row = images.iter().find(|image| image.path.ends_with(name)).unwrap();
+        assert_eq!((row.status.as_str(), row.error_code.as_deref()), (*status, *code), "{name}");
     }
-    let odd = images
-        .iter()
-        .find(|image| image.path.contains("caf\\xE9"))
-        .expect("escaped name");
+    let odd = images.iter().find(|image| image.path.contains("caf\\xE9")).expect("escaped name");
     assert_eq!(
         (odd.status.as_str(), odd.error_code.as_deref()),
         ("skipped", Some("path_not_utf8"))
@@ -247,14 +198,7 @@ async fn bad_input(sandbox: &Sandbox, db: TestDb) {
     assert!(daemon.is_running());
     copy_in(&sandbox.inbox, "after.jpg", &fixture_bytes("dress.jpg"));
     let images = wait_settled(sandbox, &pool, cases.len() as i64 + 2, TIMEOUT).await;
-    assert_eq!(
-        images
-            .iter()
-            .find(|i| i.path.ends_with("after.jpg"))
-            .unwrap()
-            .status,
-        "tagged"
-    );
+    assert_eq!(images.iter().find(|i| i.path.ends_with("after.jpg")).unwrap().status, "tagged");
 }
 
 #[tokio::test]
@@ -276,25 +220,14 @@ async fn a_file_deleted_before_it_is_read_is_not_lost_track_of() {
 
     wait_for(&sandbox, "next.jpg tagged", TIMEOUT, || async {
         let images = pool.images().await;
-        images
-            .iter()
-            .any(|i| i.path.ends_with("next.jpg") && i.status == "tagged")
-            .then_some(())
+        images.iter().any(|i| i.path.ends_with("next.jpg") && i.status == "tagged").then_some(())
     })
     .await;
-    let recorded = pool
-        .images()
-        .await
-        .iter()
-        .any(|i| i.path.ends_with("doomed.jpg"));
+    let recorded = pool.images().await.iter().any(|i| i.path.ends_with("doomed.jpg"));
     if recorded {
         wait_for(&sandbox, "doomed.jpg final and gone", TIMEOUT, || async {
             let images = pool.images().await;
-            let row = images
-                .iter()
-                .find(|i| i.path.ends_with("doomed.jpg"))
-                .unwrap()
-                .clone();
+            let row = images.iter().find(|i| i.path.ends_with("doomed.jpg")).unwrap().clone();
             (row.status != "pending" && row.gone).then_some(())
         })
         .await;
@@ -326,17 +259,14 @@ async fn changes(sandbox: &Sandbox, db: TestDb) {
     drop_file(&sandbox.inbox, "copy.jpg", &fixture_bytes("shoes.jpg"));
     wait_settled(sandbox, &pool, 2, TIMEOUT).await;
     assert_eq!(
-        pool.count("SELECT count(*) FROM predictions WHERE reused_from IS NOT NULL")
-            .await,
+        pool.count("SELECT count(*) FROM predictions WHERE reused_from IS NOT NULL").await,
         1
     );
 
     // New bytes under the old path: tagged again.
     std::fs::write(&first, fixture_bytes("dress.jpg")).unwrap();
     wait_for(sandbox, "a second fresh prediction", TIMEOUT, || async {
-        let fresh = pool
-            .count("SELECT count(*) FROM predictions WHERE reused_from IS NULL")
-            .await;
+        let fresh = pool.count("SELECT count(*) FROM predictions WHERE reused_from IS NULL").await;
         (fresh == 2).then_some(())
     })
     .await;
@@ -345,10 +275,7 @@ async fn changes(sandbox: &Sandbox, db: TestDb) {
     std::fs::remove_file(&first).unwrap();
     wait_for(sandbox, "item.jpg marked gone", TIMEOUT, || async {
         let images = pool.images().await;
-        images
-            .iter()
-            .any(|i| i.path.ends_with("item.jpg") && i.gone)
-            .then_some(())
+        images.iter().any(|i| i.path.ends_with("item.jpg") && i.gone).then_some(())
     })
     .await;
     assert_eq!(pool.count("SELECT count(*) FROM images").await, 2);
@@ -362,27 +289,15 @@ async fn sigterm_finishes_the_work_in_flight_and_exits_zero() {
     let daemon = Daemon::start(&sandbox, db.url());
     let pool = open_when_ready(&sandbox, &db).await;
     for seed in 0..40 {
-        copy_in(
-            &sandbox.inbox,
-            &format!("p{seed:02}.jpg"),
-            &photo_jpeg(800, 600, seed),
-        );
+        copy_in(&sandbox.inbox, &format!("p{seed:02}.jpg"), &photo_jpeg(800, 600, seed));
     }
     wait_for(&sandbox, "some images tagged", TIMEOUT, || async {
-        (pool
-            .count("SELECT count(*) FROM images WHERE status = 'tagged'")
-            .await
-            > 0)
-        .then_some(())
+        (pool.count("SELECT count(*) FROM images WHERE status = 'tagged'").await > 0).then_some(())
     })
     .await;
 
     let status = daemon.terminate();
-    assert!(
-        status.success(),
-        "exit status {status:?}\n{}",
-        sandbox.log_tail()
-    );
+    assert!(status.success(), "exit status {status:?}\n{}", sandbox.log_tail());
     let log = std::fs::read_to_string(sandbox.log()).unwrap();
     assert!(!log.contains("panicked"), "{log}");
 
@@ -422,10 +337,7 @@ async fn kill_9(sandbox: &Sandbox, db: TestDb) {
         })
     };
     wait_for(sandbox, "the burst under way", TIMEOUT, || async {
-        (pool
-            .count("SELECT count(*) FROM images WHERE status = 'tagged'")
-            .await
-            >= 100)
+        (pool.count("SELECT count(*) FROM images WHERE status = 'tagged'").await >= 100)
             .then_some(())
     })
     .await;
@@ -434,17 +346,10 @@ async fn kill_9(sandbox: &Sandbox, db: TestDb) {
 
     let _daemon = Daemon::start(sandbox, db.url());
     let images = wait_settled(sandbox, &pool, i64::from(FILES), Duration::from_secs(240)).await;
-    assert!(
-        images.iter().all(|image| image.status == "tagged"),
-        "every file tagged"
-    );
+    assert!(images.iter().all(|image| image.status == "tagged"), "every file tagged");
+    assert_eq!(pool.count("SELECT count(DISTINCT path) FROM images").await, i64::from(FILES));
     assert_eq!(
-        pool.count("SELECT count(DISTINCT path) FROM images").await,
-        i64::from(FILES)
-    );
-    assert_eq!(
-        pool.count("SELECT count(*) FROM images WHERE prediction_id IS NULL")
-            .await,
+        pool.count("SELECT count(*) FROM images WHERE prediction_id IS NULL").await,
         0,
         "every image has its prediction"
     );
@@ -491,11 +396,7 @@ fn huge_png_header() -> Vec<u8> {
     ihdr.extend_from_slice(&100_000u32.to_be_bytes());
     ihdr.extend_from_slice(&100_000u32.to_be_bytes());
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    for chunk in [
-        ihdr,
-        b"IDAT\x78\x9c\x03\x00\x00\x00\x00\x01".to_vec(),
-        b"IEND".to_vec(),
-    ] {
+    for chunk in [ihdr, b"IDAT\x78\x9c\x03\x00\x00\x00\x00\x01".to_vec(), b"IEND".to_vec()] {
         png.extend_from_slice(&(chunk.len() as u32 - 4).to_be_bytes());
         png.extend_from_slice(&chunk);
         png.extend_from_slice(&crc32(&chunk).to_be_bytes());
@@ -508,20 +409,18 @@ fn crc32(bytes: &[u8]) -> u32 {
     for byte in bytes {
         crc ^= u32::from(*byte);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
         }
     }
     !crc
 }
 
 fn one_pixel_png() -> Vec<u8> {
-    encode_png(&image::DynamicImage::ImageRgb8(
-        image::RgbImage::from_pixel(1, 1, image::Rgb([0, 0, 0])),
-    ))
+    encode_png(&image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+        1,
+        1,
+        image::Rgb([0, 0, 0]),
+    )))
 }
 
 fn cmyk_jpeg() -> Vec<u8> {
@@ -531,11 +430,7 @@ fn cmyk_jpeg() -> Vec<u8> {
         let (x, y) = (i % width, i / width);
         let inside = (30..90).contains(&x) && (20..140).contains(&y);
         // CMYK as Adobe writes it: inverted, so 255 is no ink.
-        pixel.copy_from_slice(if inside {
-            &[60, 60, 40, 30]
-        } else {
-            &[255, 255, 255, 255]
-        });
+        pixel.copy_from_slice(if inside { &[60, 60, 40, 30] } else { &[255, 255, 255, 255] });
     }
     let image = turbojpeg::Image {
         pixels: pixels.as_slice(),
@@ -548,10 +443,7 @@ fn cmyk_jpeg() -> Vec<u8> {
     compressor.set_quality(90).unwrap();
     let jpeg = compressor.compress_to_vec(image).unwrap();
     let header = turbojpeg::read_header(&jpeg).unwrap();
-    assert!(matches!(
-        header.colorspace,
-        turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK
-    ));
+    assert!(matches!(header.colorspace, turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK));
     jpeg
 }
 
@@ -595,11 +487,8 @@ async fn a_briefly_unavailable_database_loses_no_result() {
         return;
     };
     let sandbox = Sandbox::new();
-    let _daemon = Daemon::start_with(
-        &sandbox,
-        db.url(),
-        &[("TAGD__DATABASE__MAX_RETRY_BACKOFF_MS", "500")],
-    );
+    let _daemon =
+        Daemon::start_with(&sandbox, db.url(), &[("TAGD__DATABASE__MAX_RETRY_BACKOFF_MS", "500")]);
     let pool = open_when_ready(&sandbox, &db).await;
     copy_in(&sandbox.inbox, "before.jpg", &photo_jpeg(300, 400, 1));
     wait_settled(&sandbox, &pool, 1, TIMEOUT).await;
@@ -607,21 +496,14 @@ async fn a_briefly_unavailable_database_loses_no_result() {
 
     db.set_available(false).await;
     for seed in 2..12 {
-        copy_in(
-            &sandbox.inbox,
-            &format!("during-{seed}.jpg"),
-            &photo_jpeg(300, 400, seed),
-        );
+        copy_in(&sandbox.inbox, &format!("during-{seed}.jpg"), &photo_jpeg(300, 400, seed));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     db.set_available(true).await;
 
     let pool = db.pool().await;
     let images = wait_settled(&sandbox, &pool, 11, TIMEOUT).await;
-    assert!(
-        images.iter().all(|image| image.status == "tagged"),
-        "{images:?}"
-    );
+    assert!(images.iter().all(|image| image.status == "tagged"), "{images:?}");
     let log = std::fs::read_to_string(sandbox.log()).unwrap();
     assert!(
         log.contains("retrying") || log.contains("unavailable"),

@@ -21,20 +21,14 @@ pub fn check(loaded: &Loaded) -> ExitCode {
         }
     };
 
-    let file = loaded
-        .file
-        .as_ref()
-        .map_or("built-in defaults".to_string(), |f| f.display().to_string());
+    let file =
+        loaded.file.as_ref().map_or("built-in defaults".to_string(), |f| f.display().to_string());
     report("config", Ok(file));
 
     report(
         "watch folders",
         app::discovery(settings, &settings.watch.folders).map(|d| {
-            d.folders
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            d.folders.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
         }),
     );
 
@@ -65,10 +59,7 @@ pub fn check(loaded: &Loaded) -> ExitCode {
         report(
             "inference",
             app::load_classifier(settings).map(|(classifier, _)| {
-                format!(
-                    "{} labels, warm-up run passed",
-                    classifier.model().manifest.labels.len()
-                )
+                format!("{} labels, warm-up run passed", classifier.model().manifest.labels.len())
             }),
         );
     }

@@ -57,11 +57,7 @@ pub fn classify(
         };
         print(&verdict, json)?;
     }
-    Ok(if any_failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if any_failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn prepare(file: &Path, limits: &Limits) -> Result<Prepared, preprocess::ImageError> {
@@ -76,9 +72,7 @@ fn judge(
     prepared: &Prepared,
 ) -> anyhow::Result<Verdict> {
     let manifest = &classifier.model().manifest;
-    let tensor = prepared
-        .converted
-        .to_tensor(manifest.input.mean, manifest.input.std);
+    let tensor = prepared.converted.to_tensor(manifest.input.mean, manifest.input.std);
     let logits = classifier.logits(&tensor)?;
     let signs = PhotoSigns {
         width: prepared.width,
@@ -88,12 +82,8 @@ fn judge(
     };
     let prediction = decide(&logits[0], classifier.model(), policy, signs);
 
-    let mut ranked: Vec<(String, f32)> = manifest
-        .labels
-        .iter()
-        .cloned()
-        .zip(prediction.probabilities.iter().copied())
-        .collect();
+    let mut ranked: Vec<(String, f32)> =
+        manifest.labels.iter().cloned().zip(prediction.probabilities.iter().copied()).collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
     ranked.truncate(3);
 
@@ -108,9 +98,7 @@ fn judge(
 
 /// Writes the 28x28 image the model saw, named after the photo.
 fn write_explanation(dir: &Path, file: &Path, prepared: &Prepared) -> anyhow::Result<()> {
-    let stem = file
-        .file_stem()
-        .map_or("image".into(), |s| s.to_string_lossy());
+    let stem = file.file_stem().map_or("image".into(), |s| s.to_string_lossy());
     let target = dir.join(format!("{stem}.28x28.png"));
     prepared
         .converted
@@ -126,11 +114,8 @@ fn print(verdict: &Verdict, json: bool) -> anyhow::Result<()> {
     }
     match (&verdict.prediction, &verdict.error) {
         (Some(prediction), _) => {
-            let top3: Vec<String> = verdict
-                .top3
-                .iter()
-                .map(|(label, p)| format!("{label} {p:.3}"))
-                .collect();
+            let top3: Vec<String> =
+                verdict.top3.iter().map(|(label, p)| format!("{label} {p:.3}")).collect();
             let review = prediction
                 .review_reason
                 .as_deref()

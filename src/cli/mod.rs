@@ -105,19 +105,16 @@ pub fn main() -> ExitCode {
 
     let result = match cli.command {
         Command::Check => return check::check(&loaded),
-        Command::Classify {
-            files,
-            explain,
-            json,
-        } => classify::classify(&loaded.settings, &files, explain.as_deref(), json),
+        Command::Classify { files, explain, json } => {
+            classify::classify(&loaded.settings, &files, explain.as_deref(), json)
+        }
         command => runtime().and_then(|runtime| {
             runtime.block_on(async {
                 match command {
                     Command::Run { .. } => run::run(&loaded).await,
-                    Command::Scan {
-                        folders,
-                        no_progress,
-                    } => scan::scan(&loaded.settings, &folders, !no_progress).await,
+                    Command::Scan { folders, no_progress } => {
+                        scan::scan(&loaded.settings, &folders, !no_progress).await
+                    }
                     Command::Review { action } => review::review(&loaded.settings, action).await,
                     Command::Check | Command::Classify { .. } => unreachable!("handled above"),
                 }
@@ -135,7 +132,5 @@ pub fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }

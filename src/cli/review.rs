@@ -62,25 +62,15 @@ pub async fn review(settings: &Settings, action: Action) -> anyhow::Result<ExitC
             let reviewer = reviewer_name(reviewer);
             for path in paths {
                 let path = absolute(&path);
-                catalogue
-                    .record_review(&path, &Decision::Accept, &reviewer)
-                    .await?;
+                catalogue.record_review(&path, &Decision::Accept, &reviewer).await?;
                 println!("accepted {path}");
             }
             Ok(())
         }
-        Action::Relabel {
-            path,
-            label,
-            reviewer,
-        } => {
+        Action::Relabel { path, label, reviewer } => {
             let path = absolute(&path);
             catalogue
-                .record_review(
-                    &path,
-                    &Decision::Relabel(label.clone()),
-                    &reviewer_name(reviewer),
-                )
+                .record_review(&path, &Decision::Relabel(label.clone()), &reviewer_name(reviewer))
                 .await?;
             println!("relabelled {path} as {label}");
             Ok(())
@@ -91,15 +81,10 @@ pub async fn review(settings: &Settings, action: Action) -> anyhow::Result<ExitC
 }
 
 fn reviewer_name(given: Option<String>) -> String {
-    given
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "unknown".to_string())
+    given.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".to_string())
 }
 
 /// Catalogue paths are absolute; accept what a person types.
 fn absolute(path: &std::path::Path) -> String {
-    std::fs::canonicalize(path)
-        .unwrap_or_else(|_| path.to_path_buf())
-        .display()
-        .to_string()
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
 }

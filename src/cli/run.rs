@@ -33,25 +33,15 @@ pub async fn run(loaded: &Loaded) -> anyhow::Result<ExitCode> {
 
     notify_systemd(&[NotifyState::Ready, NotifyState::Status("tagging")]);
     tokio::spawn(watchdog(shutdown.clone()));
-    tokio::spawn(summaries(
-        engine.clone(),
-        settings.log.summary_interval_secs,
-        shutdown.clone(),
-    ));
+    tokio::spawn(summaries(engine.clone(), settings.log.summary_interval_secs, shutdown.clone()));
 
     let discovery_result = tokio::select! {
         _ = shutdown.cancelled() => None,
         result = &mut discovering => Some(result),
     };
     shutdown.cancel();
-    notify_systemd(&[
-        NotifyState::Stopping,
-        NotifyState::Status("finishing images in flight"),
-    ]);
-    tracing::info!(
-        in_flight = engine.inflight_count(),
-        "stopping: finishing images in flight"
-    );
+    notify_systemd(&[NotifyState::Stopping, NotifyState::Status("finishing images in flight")]);
+    tracing::info!(in_flight = engine.inflight_count(), "stopping: finishing images in flight");
 
     let discovery_result = match discovery_result {
         Some(result) => result,
@@ -61,9 +51,7 @@ pub async fn run(loaded: &Loaded) -> anyhow::Result<ExitCode> {
     catalogue.close().await;
     log_totals(&engine);
 
-    discovery_result
-        .context("discovery task failed")?
-        .context("cannot watch the folders")?;
+    discovery_result.context("discovery task failed")?.context("cannot watch the folders")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -90,10 +78,9 @@ fn log_start(loaded: &Loaded, engine: &Engine) {
 
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut terminate), Ok(mut interrupt)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         tracing::error!("cannot listen for SIGTERM and SIGINT; stop tagd with SIGKILL");
         return;
     };
@@ -150,11 +137,7 @@ fn log_totals(engine: &Engine) {
     let counters = &engine.counters;
     let tagged = counters.tagged.load(Ordering::Relaxed);
     let busy = counters.busy_micros.load(Ordering::Relaxed);
-    let mean_ms = if tagged > 0 {
-        busy as f64 / tagged as f64 / 1000.0
-    } else {
-        0.0
-    };
+    let mean_ms = if tagged > 0 { busy as f64 / tagged as f64 / 1000.0 } else { 0.0 };
     tracing::info!(
         tagged,
         reused = counters.reused.load(Ordering::Relaxed),

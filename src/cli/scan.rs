@@ -34,10 +34,7 @@ pub async fn scan(
     let report = discovery.reconcile_all().await;
     discovery.settle_remaining(&interrupted).await;
 
-    let bar = progress_bar(
-        progress && std::io::stderr().is_terminal(),
-        report.files_seen as u64,
-    );
+    let bar = progress_bar(progress && std::io::stderr().is_terminal(), report.files_seen as u64);
     loop {
         let counts = catalogue.status_counts().await?;
         let finished = engine.counters.finished();
@@ -58,12 +55,7 @@ pub async fn scan(
     let counts = catalogue.status_counts().await?;
     catalogue.close().await;
 
-    print_summary(
-        &engine,
-        report.files_seen,
-        counts.pending,
-        started.elapsed(),
-    );
+    print_summary(&engine, report.files_seen, counts.pending, started.elapsed());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -46,18 +46,13 @@ pub fn read_file(path: &Path, limits: &Limits) -> Result<Vec<u8>, ImageError> {
         return Err(ImageError::EmptyFile);
     }
     if size > limits.max_image_bytes {
-        return Err(ImageError::FileTooLarge {
-            size,
-            limit: limits.max_image_bytes,
-        });
+        return Err(ImageError::FileTooLarge { size, limit: limits.max_image_bytes });
     }
 
     // Read at most one byte past the limit, in case the file grew since the
     // size was taken.
     let mut bytes = Vec::with_capacity(size as usize);
-    file.take(limits.max_image_bytes + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io_error)?;
+    file.take(limits.max_image_bytes + 1).read_to_end(&mut bytes).map_err(io_error)?;
     if bytes.len() as u64 > limits.max_image_bytes {
         return Err(ImageError::FileTooLarge {
             size: bytes.len() as u64,
@@ -117,27 +112,18 @@ fn leading_bytes(bytes: &[u8]) -> String {
 
 fn check_pixels(width: u64, height: u64, limits: &Limits) -> Result<(), ImageError> {
     if width.saturating_mul(height) > limits.max_pixels {
-        return Err(ImageError::TooManyPixels {
-            width,
-            height,
-            limit: limits.max_pixels,
-        });
+        return Err(ImageError::TooManyPixels { width, height, limit: limits.max_pixels });
     }
     Ok(())
 }
 
 fn decode_jpeg(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImageError> {
     let mut decompressor = turbojpeg::Decompressor::new().map_err(|e| jpeg_error(&e))?;
-    let header = decompressor
-        .read_header(bytes)
-        .map_err(|e| jpeg_error(&e))?;
+    let header = decompressor.read_header(bytes).map_err(|e| jpeg_error(&e))?;
     check_pixels(header.width as u64, header.height as u64, limits)?;
 
     // libjpeg-turbo cannot turn CMYK into RGB; the `image` crate can.
-    if matches!(
-        header.colorspace,
-        turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK
-    ) {
+    if matches!(header.colorspace, turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK) {
         return decode_other(bytes, ImageFormat::Jpeg, limits);
     }
 
@@ -146,9 +132,7 @@ fn decode_jpeg(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImageError> {
     } else {
         scaling_for(header.width.max(header.height))
     };
-    decompressor
-        .set_scaling_factor(factor)
-        .map_err(|e| jpeg_error(&e))?;
+    decompressor.set_scaling_factor(factor).map_err(|e| jpeg_error(&e))?;
     let scaled = header.scaled(factor);
 
     let mut image = turbojpeg::Image {
@@ -169,11 +153,7 @@ fn decode_jpeg(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImageError> {
     upright.apply_orientation(orientation);
 
     let (width, height) = oriented_size(header.width as u32, header.height as u32, orientation);
-    Ok(Decoded {
-        width,
-        height,
-        rgb: upright.into_rgb8(),
-    })
+    Ok(Decoded { width, height, rgb: upright.into_rgb8() })
 }
 
 /// The smallest DCT scale that keeps the longest edge at or above
@@ -200,20 +180,11 @@ fn accept_benign_warning(error: turbojpeg::Error) -> Result<(), ImageError> {
 fn jpeg_error(error: &turbojpeg::Error) -> ImageError {
     let detail = error.to_string().replace("TurboJPEG error: ", "");
     if detail.contains("Premature end") || detail.contains("ended prematurely") {
-        ImageError::Truncated {
-            format: "JPEG",
-            detail,
-        }
+        ImageError::Truncated { format: "JPEG", detail }
     } else if detail.contains("Unsupported") {
-        ImageError::Unsupported {
-            format: "JPEG",
-            detail,
-        }
+        ImageError::Unsupported { format: "JPEG", detail }
     } else {
-        ImageError::Corrupt {
-            format: "JPEG",
-            detail,
-        }
+        ImageError::Corrupt { format: "JPEG", detail }
     }
 }
 
@@ -249,19 +220,13 @@ fn decode_other(bytes: &[u8], format: ImageFormat, limits: &Limits) -> Result<De
     check_pixels(width as u64, height as u64, limits)?;
     let mut image_limits = image::Limits::default();
     image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(16));
-    decoder
-        .set_limits(image_limits)
-        .map_err(|e| image_error(name, e))?;
+    decoder.set_limits(image_limits).map_err(|e| image_error(name, e))?;
 
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| image_error(name, e))?;
     image.apply_orientation(orientation);
 
-    Ok(Decoded {
-        width: image.width(),
-        height: image.height(),
-        rgb: flatten_onto_white(&image),
-    })
+    Ok(Decoded { width: image.width(), height: image.height(), rgb: flatten_onto_white(&image) })
 }
 
 fn format_name(format: ImageFormat) -> &'static str {
@@ -313,22 +278,14 @@ mod tests {
     use super::*;
     use image::{ImageEncoder, Rgba, RgbaImage};
 
-    const LIMITS: Limits = Limits {
-        max_image_bytes: 10 * 1024 * 1024,
-        max_pixels: 50_000_000,
-        min_edge_px: 8,
-    };
+    const LIMITS: Limits =
+        Limits { max_image_bytes: 10 * 1024 * 1024, max_pixels: 50_000_000, min_edge_px: 8 };
 
     fn jpeg_of(width: u32, height: u32) -> Vec<u8> {
         let image = RgbImage::from_fn(width, height, |x, _| image::Rgb([(x % 256) as u8, 100, 50]));
         let mut bytes = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
-            .write_image(
-                image.as_raw(),
-                width,
-                height,
-                image::ExtendedColorType::Rgb8,
-            )
+            .write_image(image.as_raw(), width, height, image::ExtendedColorType::Rgb8)
             .unwrap();
         bytes
     }
@@ -370,11 +327,7 @@ mod tests {
         ihdr.extend_from_slice(&100_000u32.to_be_bytes());
         ihdr.extend_from_slice(&100_000u32.to_be_bytes());
         ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-        for chunk in [
-            ihdr,
-            b"IDAT\x78\x9c\x03\x00\x00\x00\x00\x01".to_vec(),
-            b"IEND".to_vec(),
-        ] {
+        for chunk in [ihdr, b"IDAT\x78\x9c\x03\x00\x00\x00\x00\x01".to_vec(), b"IEND".to_vec()] {
             png.extend_from_slice(&(chunk.len() as u32 - 4).to_be_bytes());
             png.extend_from_slice(&chunk);
             png.extend_from_slice(&crc32(&chunk).to_be_bytes());
@@ -409,11 +362,7 @@ mod tests {
         for byte in bytes {
             crc ^= u32::from(*byte);
             for _ in 0..8 {
-                crc = if crc & 1 == 1 {
-                    (crc >> 1) ^ 0xedb8_8320
-                } else {
-                    crc >> 1
-                };
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
             }
         }
         !crc

@@ -60,10 +60,7 @@ impl Converted {
 
 /// Normalises 8-bit pixels the way the model was trained: `(p/255 - mean) / std`.
 pub fn normalise(pixels: &[u8], mean: f32, std: f32) -> Vec<f32> {
-    pixels
-        .iter()
-        .map(|&p| (f32::from(p) / 255.0 - mean) / std)
-        .collect()
+    pixels.iter().map(|&p| (f32::from(p) / 255.0 - mean) / std).collect()
 }
 
 /// Runs the whole conversion on an upright RGB photo.
@@ -80,12 +77,7 @@ pub fn convert(rgb: &RgbImage) -> Converted {
     let padded = pad_centred(&sharpened, INPUT_EDGE, background_gray);
     let pixels = negate(padded.into_raw());
 
-    Converted {
-        pixels,
-        object_box: [x, y, width, height],
-        object_found,
-        contrast,
-    }
+    Converted { pixels, object_box: [x, y, width, height], object_found, contrast }
 }
 
 /// The background colour: the per-channel median of the four corners, so one
@@ -159,9 +151,7 @@ pub fn luma(pixel: [u8; 3]) -> u8 {
 
 /// Crops to the box and converts to gray in one pass.
 pub fn to_gray(rgb: &RgbImage, [x, y, width, height]: [u32; 4]) -> GrayImage {
-    GrayImage::from_fn(width, height, |dx, dy| {
-        image::Luma([luma(rgb.get_pixel(x + dx, y + dy).0)])
-    })
+    GrayImage::from_fn(width, height, |dx, dy| image::Luma([luma(rgb.get_pixel(x + dx, y + dy).0)]))
 }
 
 /// Scales so the longest edge is `edge`, keeping the aspect ratio, by area
@@ -249,11 +239,7 @@ mod tests {
         RgbImage::from_fn(300, 200, |x, y| {
             let sole = (40..220).contains(&x) && (120..160).contains(&y);
             let heel = (40..90).contains(&x) && (70..160).contains(&y);
-            if sole || heel {
-                Rgb([30, 30, 40])
-            } else {
-                Rgb([250, 250, 250])
-            }
+            if sole || heel { Rgb([30, 30, 40]) } else { Rgb([250, 250, 250]) }
         })
     }
 
@@ -291,10 +277,7 @@ mod tests {
         let gray = GrayImage::from_pixel(180, 90, image::Luma([10]));
         let resized = resize_long_edge(&gray, 28);
         assert_eq!(resized.dimensions(), (28, 14));
-        assert!(
-            resized.pixels().all(|p| p[0] == 10),
-            "area averaging keeps flat colour"
-        );
+        assert!(resized.pixels().all(|p| p[0] == 10), "area averaging keeps flat colour");
     }
 
     #[test]
@@ -303,14 +286,8 @@ mod tests {
         let sharp = sharpen(&step);
         assert_eq!(sharp.get_pixel(0, 4)[0], 100);
         assert_eq!(sharp.get_pixel(7, 4)[0], 200);
-        assert!(
-            sharp.get_pixel(3, 4)[0] < 100,
-            "dark side darkens at the edge"
-        );
-        assert!(
-            sharp.get_pixel(4, 4)[0] > 200,
-            "bright side brightens at the edge"
-        );
+        assert!(sharp.get_pixel(3, 4)[0] < 100, "dark side darkens at the edge");
+        assert!(sharp.get_pixel(4, 4)[0] > 200, "bright side brightens at the edge");
     }
 
     #[test]
@@ -336,10 +313,7 @@ mod tests {
         // The short edge is centred: 180x90 scales to 28x14, rows 7..21.
         let row_max = |y: u32| (0..28).map(|x| image.get_pixel(x, y)[0]).max().unwrap();
         assert!(row_max(3) < 10 && row_max(24) < 10, "black above and below");
-        assert!(
-            row_max(10) > 180 && row_max(19) > 180,
-            "bright in the middle"
-        );
+        assert!(row_max(10) > 180 && row_max(19) > 180, "bright in the middle");
 
         // The background is black, the object bright.
         assert!(image.get_pixel(0, 0)[0] < 10);

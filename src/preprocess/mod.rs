@@ -45,20 +45,11 @@ pub enum ImageError {
     #[error("{width}x{height} pixels is too small to classify (limits.min_edge_px is {min})")]
     TooSmall { width: u32, height: u32, min: u32 },
     #[error("the {format} data ends early: {detail}")]
-    Truncated {
-        format: &'static str,
-        detail: String,
-    },
+    Truncated { format: &'static str, detail: String },
     #[error("the {format} data is corrupt: {detail}")]
-    Corrupt {
-        format: &'static str,
-        detail: String,
-    },
+    Corrupt { format: &'static str, detail: String },
     #[error("unsupported {format}: {detail}")]
-    Unsupported {
-        format: &'static str,
-        detail: String,
-    },
+    Unsupported { format: &'static str, detail: String },
 }
 
 impl ImageError {
@@ -99,9 +90,5 @@ pub fn read_file(path: &Path, limits: &Limits) -> Result<Vec<u8>, ImageError> {
 pub fn prepare(bytes: &[u8], limits: &Limits) -> Result<Prepared, ImageError> {
     let decoded = decode::decode(bytes, limits)?;
     let converted = fmnist::convert(&decoded.rgb);
-    Ok(Prepared {
-        width: decoded.width,
-        height: decoded.height,
-        converted,
-    })
+    Ok(Prepared { width: decoded.width, height: decoded.height, converted })
 }

@@ -162,17 +162,9 @@ pub enum Outcome {
     /// Identical bytes were already tagged by the same model (under another
     /// path, or this one before a `touch`): the earlier prediction is copied,
     /// with no inference.
-    Reused {
-        image: ImageId,
-        content_hash: String,
-        from_image: ImageId,
-    },
+    Reused { image: ImageId, content_hash: String, from_image: ImageId },
     /// The file could not be tagged (bad input, unreadable file).
-    Failed {
-        image: ImageId,
-        content_hash: Option<String>,
-        problem: Problem,
-    },
+    Failed { image: ImageId, content_hash: Option<String>, problem: Problem },
     /// The file was deliberately not tagged.
     Skipped { image: ImageId, problem: Problem },
     /// The file disappeared before it could be read: the row is marked gone.

@@ -124,19 +124,13 @@ macro_rules! impl_catalogue {
                     // in-flight list is short.
                     let exclude: HashSet<ImageId> = exclude.iter().copied().collect();
                     let fetch = limit.saturating_add(exclude.len() as i64);
-                    let rows: Vec<(ImageId, String, Option<String>)> = sqlx::query_as(sql::PENDING)
-                        .bind(fetch)
-                        .fetch_all(self.reader())
-                        .await?;
+                    let rows: Vec<(ImageId, String, Option<String>)> =
+                        sqlx::query_as(sql::PENDING).bind(fetch).fetch_all(self.reader()).await?;
                     Ok(rows
                         .into_iter()
                         .filter(|(id, _, _)| !exclude.contains(id))
                         .take(usize::try_from(limit).unwrap_or(0))
-                        .map(|(id, path, content_hash)| PendingImage {
-                            id,
-                            path,
-                            content_hash,
-                        })
+                        .map(|(id, path, content_hash)| PendingImage { id, path, content_hash })
                         .collect())
                 }
 
@@ -177,15 +171,13 @@ macro_rules! impl_catalogue {
                             .await?;
                     Ok(rows
                         .into_iter()
-                        .map(
-                            |(image_id, path, label, confidence, review_reason)| ReviewItem {
-                                image_id,
-                                path,
-                                label,
-                                confidence,
-                                review_reason,
-                            },
-                        )
+                        .map(|(image_id, path, label, confidence, review_reason)| ReviewItem {
+                            image_id,
+                            path,
+                            label,
+                            confidence,
+                            review_reason,
+                        })
                         .collect())
                 }
 
@@ -198,12 +190,8 @@ macro_rules! impl_catalogue {
                     // Read then write in one transaction that holds the write
                     // lock, so the prediction checked is the one reviewed.
                     let mut tx = self.begin_write().await?;
-                    type Target = (
-                        ImageId,
-                        Option<String>,
-                        Option<String>,
-                        Option<Json<Vec<String>>>,
-                    );
+                    type Target =
+                        (ImageId, Option<String>, Option<String>, Option<Json<Vec<String>>>);
                     let target: Option<Target> = sqlx::query_as(sql::REVIEW_TARGET)
                         .bind(path)
                         .fetch_optional(&mut *tx)
@@ -243,17 +231,8 @@ macro_rules! impl_catalogue {
 
                 async fn status_counts(&self) -> StoreResult<StatusCounts> {
                     let (pending, tagged, failed, skipped, gone, needs_review) =
-                        sqlx::query_as(sql::STATUS_COUNTS)
-                            .fetch_one(self.reader())
-                            .await?;
-                    Ok(StatusCounts {
-                        pending,
-                        tagged,
-                        failed,
-                        skipped,
-                        gone,
-                        needs_review,
-                    })
+                        sqlx::query_as(sql::STATUS_COUNTS).fetch_one(self.reader()).await?;
+                    Ok(StatusCounts { pending, tagged, failed, skipped, gone, needs_review })
                 }
 
                 async fn close(&self) {
@@ -268,13 +247,7 @@ macro_rules! impl_catalogue {
                 now: Timestamp,
             ) -> StoreResult<()> {
                 match outcome {
-                    Outcome::Tagged {
-                        image,
-                        content_hash,
-                        facts,
-                        prediction,
-                        elapsed_ms,
-                    } => {
+                    Outcome::Tagged { image, content_hash, facts, prediction, elapsed_ms } => {
                         let prediction_id: i64 = sqlx::query_scalar(sql::INSERT_PREDICTION)
                             .bind(image)
                             .bind(model)
@@ -300,11 +273,7 @@ macro_rules! impl_catalogue {
                             .execute(&mut *tx)
                             .await?;
                     }
-                    Outcome::Reused {
-                        image,
-                        content_hash,
-                        from_image,
-                    } => {
+                    Outcome::Reused { image, content_hash, from_image } => {
                         let copied: Option<i64> = sqlx::query_scalar(sql::COPY_PREDICTION)
                             .bind(image)
                             .bind(from_image)
@@ -341,11 +310,7 @@ macro_rules! impl_catalogue {
                             .execute(&mut *tx)
                             .await?;
                     }
-                    Outcome::Failed {
-                        image,
-                        content_hash,
-                        problem,
-                    } => {
+                    Outcome::Failed { image, content_hash, problem } => {
                         let hash = content_hash.as_deref();
                         mark_failed(tx, *image, hash, &problem.code, &problem.message, now).await?;
                     }

@@ -199,10 +199,7 @@ pub(super) struct Timestamp(DateTime<Utc>);
 impl Timestamp {
     pub(super) fn now() -> Timestamp {
         let now = Utc::now();
-        Timestamp(
-            now.duration_trunc(TimeDelta::milliseconds(1))
-                .unwrap_or(now),
-        )
+        Timestamp(now.duration_trunc(TimeDelta::milliseconds(1)).unwrap_or(now))
     }
 }
 

@@ -58,23 +58,15 @@ pub fn onnxruntime() -> PathBuf {
 /// A catalogue database for one test: a SQLite file in the sandbox, or a
 /// fresh Postgres database dropped at the end.
 pub enum TestDb {
-    Sqlite {
-        url: String,
-    },
-    Postgres {
-        url: String,
-        admin_url: String,
-        name: String,
-    },
+    Sqlite { url: String },
+    Postgres { url: String, admin_url: String, name: String },
 }
 
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 impl TestDb {
     pub fn sqlite(dir: &Path) -> TestDb {
-        TestDb::Sqlite {
-            url: format!("sqlite://{}", dir.join("catalogue.db").display()),
-        }
+        TestDb::Sqlite { url: format!("sqlite://{}", dir.join("catalogue.db").display()) }
     }
 
     /// A new, empty Postgres database. Returns `None` (after saying why)
@@ -103,11 +95,7 @@ impl TestDb {
             Some(slash) => format!("{}/{name}", &admin_url[..slash]),
             None => panic!("TAGD_TEST_POSTGRES_URL must name a database: {admin_url}"),
         };
-        Some(TestDb::Postgres {
-            url,
-            admin_url,
-            name,
-        })
+        Some(TestDb::Postgres { url, admin_url, name })
     }
 
     pub fn url(&self) -> &str {
@@ -122,9 +110,7 @@ impl TestDb {
             TestDb::Sqlite { url } => {
                 let options: SqliteConnectOptions = url.parse().expect("sqlite url");
                 Pool::Sqlite(
-                    SqlitePool::connect_with(options.read_only(true))
-                        .await
-                        .expect("open sqlite"),
+                    SqlitePool::connect_with(options.read_only(true)).await.expect("open sqlite"),
                 )
             }
             TestDb::Postgres { url, .. } => {
@@ -136,15 +122,10 @@ impl TestDb {
     /// Makes a Postgres database refuse connections (closing those open),
     /// or accept them again: a database outage, as tagd sees it.
     pub async fn set_available(&self, available: bool) {
-        let TestDb::Postgres {
-            admin_url, name, ..
-        } = self
-        else {
+        let TestDb::Postgres { admin_url, name, .. } = self else {
             panic!("outages are simulated on Postgres");
         };
-        let mut admin = sqlx::PgConnection::connect(admin_url)
-            .await
-            .expect("admin connection");
+        let mut admin = sqlx::PgConnection::connect(admin_url).await.expect("admin connection");
         admin
             .execute(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {available}").as_str())
             .await
@@ -153,17 +134,12 @@ impl TestDb {
             let terminate = format!(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
             );
-            admin
-                .execute(terminate.as_str())
-                .await
-                .expect("terminate connections");
+            admin.execute(terminate.as_str()).await.expect("terminate connections");
         }
     }
 
     pub async fn drop_database(self) {
-        if let TestDb::Postgres {
-            admin_url, name, ..
-        } = self
+        if let TestDb::Postgres { admin_url, name, .. } = self
             && let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await
         {
             let _ = admin
@@ -176,10 +152,8 @@ impl TestDb {
 fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     u64::from(nanos) * 1000 + NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
@@ -210,19 +184,13 @@ macro_rules! on_pool {
 impl Pool {
     /// A single integer from a query such as `SELECT count(*) FROM images`.
     pub async fn count(&self, sql: &str) -> i64 {
-        on_pool!(self, |p| sqlx::query_scalar::<_, i64>(sql)
-            .fetch_one(p)
-            .await
-            .expect(sql))
+        on_pool!(self, |p| sqlx::query_scalar::<_, i64>(sql).fetch_one(p).await.expect(sql))
     }
 
     /// Like `count`, but `None` while the query cannot run yet (tables not
     /// created).
     pub async fn try_count(&self, sql: &str) -> Option<i64> {
-        on_pool!(self, |p| sqlx::query_scalar::<_, i64>(sql)
-            .fetch_one(p)
-            .await
-            .ok())
+        on_pool!(self, |p| sqlx::query_scalar::<_, i64>(sql).fetch_one(p).await.ok())
     }
 
     pub async fn images(&self) -> Vec<ImageRow> {
@@ -326,21 +294,14 @@ impl Daemon {
     }
 
     pub fn start_with(sandbox: &Sandbox, database: &str, env: &[(&str, &str)]) -> Daemon {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(sandbox.log())
-            .unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(sandbox.log()).unwrap();
         let mut command = tagd(database);
         command.arg("run").arg("--watch").arg(&sandbox.inbox);
         for (key, value) in env {
             command.env(key, value);
         }
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start tagd");
+        let child = command.stdout(Stdio::null()).stderr(log).spawn().expect("start tagd");
         Daemon { child }
     }
 
@@ -373,11 +334,8 @@ impl Drop for Daemon {
 }
 
 fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
+    let status =
+        Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap();
     assert!(status.success(), "kill -{name} {pid}");
 }
 
@@ -387,10 +345,7 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "tagd did not exit within {timeout:?}"
-        );
+        assert!(Instant::now() < deadline, "tagd did not exit within {timeout:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -428,17 +383,12 @@ pub async fn wait_settled(
     count: i64,
     timeout: Duration,
 ) -> Vec<ImageRow> {
-    wait_for(
-        sandbox,
-        &format!("{count} images in a final state"),
-        timeout,
-        || async {
-            let images = pool.images().await;
-            let done = images.len() as i64 == count
-                && images.iter().all(|image| image.status != "pending");
-            done.then_some(images)
-        },
-    )
+    wait_for(sandbox, &format!("{count} images in a final state"), timeout, || async {
+        let images = pool.images().await;
+        let done =
+            images.len() as i64 == count && images.iter().all(|image| image.status != "pending");
+        done.then_some(images)
+    })
     .await
 }
 
@@ -467,10 +417,7 @@ pub fn copy_in(folder: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 /// background. `seed` changes the shape and noise, so the bytes differ.
 pub fn photo_jpeg(width: u32, height: u32, seed: u32) -> Vec<u8> {
     let image = image::RgbImage::from_fn(width, height, |x, y| {
-        let (cx, cy) = (
-            width as f32 * 0.5,
-            height as f32 * (0.45 + (seed % 7) as f32 * 0.01),
-        );
+        let (cx, cy) = (width as f32 * 0.5, height as f32 * (0.45 + (seed % 7) as f32 * 0.01));
         let dx = (x as f32 - cx) / (width as f32 * 0.3);
         let dy = (y as f32 - cy) / (height as f32 * 0.35);
         let noise = ((x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503) ^ seed.wrapping_mul(97))
@@ -488,23 +435,13 @@ pub fn encode_jpeg(image: &image::RgbImage) -> Vec<u8> {
     use image::ImageEncoder;
     let mut bytes = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
-        .write_image(
-            image.as_raw(),
-            image.width(),
-            image.height(),
-            image::ExtendedColorType::Rgb8,
-        )
+        .write_image(image.as_raw(), image.width(), image.height(), image::ExtendedColorType::Rgb8)
         .unwrap();
     bytes
 }
 
 pub fn encode_png(image: &image::DynamicImage) -> Vec<u8> {
     let mut bytes = Vec::new();
-    image
-        .write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
-        .unwrap();
+    image.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
     bytes
 }
