@@ -103,6 +103,10 @@ pub fn main() -> ExitCode {
     };
     crate::telemetry::init(loaded.settings.log.format, &loaded.settings.log.level);
 
+    if !matches!(cli.command, Command::Run { .. }) {
+        restore_default_sigpipe();
+    }
+
     let result = match cli.command {
         Command::Check => return check::check(&loaded),
         Command::Classify { files, explain, json } => {
@@ -133,4 +137,14 @@ pub fn main() -> ExitCode {
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Lets `tagd review list | head` end quietly instead of failing to print.
+/// The daemon keeps Rust's default (writes fail, the process lives on): a
+/// restarted journald must not kill it.
+fn restore_default_sigpipe() {
+    // SAFETY: called once at start-up, before any thread is spawned.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

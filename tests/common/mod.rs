@@ -261,12 +261,17 @@ impl Sandbox {
 
 /// `tagd` with the bundled model, the runtime library and `database`.
 pub fn tagd(database: &str) -> Command {
+    tagd_with_runtime(database, onnxruntime())
+}
+
+/// `tagd` with another ONNX Runtime library.
+pub fn tagd_with_runtime(database: &str, runtime: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tagd"));
     command
         .arg("--model")
         .arg(model_dir())
         .arg("--onnxruntime")
-        .arg(onnxruntime())
+        .arg(runtime)
         .arg("--database")
         .arg(database)
         .arg("--log-format")
