@@ -43,11 +43,17 @@ train:
 
 onnxruntime: $(ORT_LIB)
 
-# libjpeg-turbo is built from source by the turbojpeg crate.
+# libjpeg-turbo is built from source by the turbojpeg crate (cmake, nasm);
+# the tests check the systemd unit with systemd-analyze.
 build-tools:
-	@command -v cmake >/dev/null && command -v nasm >/dev/null || { \
-		echo "installing cmake and nasm (needed to build libjpeg-turbo)"; \
-		apt-get update -qq && apt-get install -y -qq cmake nasm; }
+	@missing=""; \
+	command -v cmake >/dev/null || missing="$$missing cmake"; \
+	command -v nasm >/dev/null || missing="$$missing nasm"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 
 # The official wheel holds the one shared library tagd needs; the library
 # does not depend on Python.

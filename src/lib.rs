@@ -14,16 +14,19 @@
 //! - [`infer`]: ONNX Runtime, calibration and the review decision.
 //! - [`store`]: the catalogue (SQLite or Postgres), which is also the queue.
 //! - [`pipeline`]: the stages wired together, from pending row to prediction.
-//! - [`cli`]: the commands (`run`, `scan`, `classify`, `review`, `check`).
+//! - [`evaluate`], [`sheet`]: accuracy on labelled photos, and pictures of the mistakes.
+//! - [`cli`]: the commands (`run`, `scan`, `classify`, `eval`, `review`, `check`).
 
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod discover;
+pub mod evaluate;
 pub mod infer;
 pub mod model;
 pub mod pipeline;
 pub mod preprocess;
+pub mod sheet;
 pub mod store;
 pub mod telemetry;
 pub mod watch;

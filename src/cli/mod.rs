@@ -2,6 +2,7 @@
 
 mod check;
 mod classify;
+mod eval;
 mod review;
 mod run;
 mod scan;
@@ -71,6 +72,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure the model on labelled photos: accuracy, per class, confusion
+    Eval {
+        /// A folder with labels.csv (file,fmnist_labels) or class subfolders
+        #[arg(value_name = "DIR")]
+        folder: PathBuf,
+        /// The report as JSON, with every photo's result
+        #[arg(long)]
+        json: bool,
+        /// Write, for each mistake, the photo beside what the model saw into DIR
+        #[arg(long, value_name = "DIR")]
+        explain: Option<PathBuf>,
+        /// Write a contact sheet of the mistakes as a PNG
+        #[arg(long, value_name = "FILE")]
+        sheet: Option<PathBuf>,
+        /// No progress bar
+        #[arg(long)]
+        no_progress: bool,
+    },
     /// List the review queue, or record a person's decision
     Review {
         #[command(subcommand)]
@@ -109,6 +128,16 @@ pub fn main() -> ExitCode {
 
     let result = match cli.command {
         Command::Check => return check::check(&loaded),
+        Command::Eval { folder, json, explain, sheet, no_progress } => eval::eval(
+            &loaded.settings,
+            &folder,
+            eval::Outputs {
+                json,
+                explain: explain.as_deref(),
+                sheet: sheet.as_deref(),
+                progress: !no_progress,
+            },
+        ),
         Command::Classify { files, explain, json } => {
             classify::classify(&loaded.settings, &files, explain.as_deref(), json)
         }
@@ -120,7 +149,9 @@ pub fn main() -> ExitCode {
                         scan::scan(&loaded.settings, &folders, !no_progress).await
                     }
                     Command::Review { action } => review::review(&loaded.settings, action).await,
-                    Command::Check | Command::Classify { .. } => unreachable!("handled above"),
+                    Command::Check | Command::Classify { .. } | Command::Eval { .. } => {
+                        unreachable!("handled above")
+                    }
                 }
             })
         }),

@@ -1,0 +1,123 @@
+//! `tagd eval` on small labelled folders built from the fixture photos and
+//! generated images.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// A labelled folder: four CC0 photos and two generated ones, with one
+/// multi-class cell.
+fn labelled_folder(dir: &Path) {
+    for name in ["shoes.jpg", "t-shirt.jpg", "pants.jpg", "dress.jpg"] {
+        std::fs::copy(fixture(&format!("photos/{name}")), dir.join(name)).unwrap();
+    }
+    std::fs::write(dir.join("generated-a.jpg"), photo_jpeg(300, 400, 1)).unwrap();
+    std::fs::write(dir.join("generated-b.jpg"), photo_jpeg(300, 400, 2)).unwrap();
+    // CRLF line ends and an extra column, as spreadsheets write them.
+    let csv = "file,fmnist_labels,source_label\r\n\
+               shoes.jpg,5|7|9,Shoes\r\n\
+               t-shirt.jpg,0,T-Shirt\r\n\
+               pants.jpg,1,Pants\r\n\
+               dress.jpg,3,Dress\r\n\
+               generated-a.jpg,Bag,generated\r\n\
+               generated-b.jpg,0|1|2|3|4|5|6|7|8|9,anything goes\r\n";
+    std::fs::write(dir.join("labels.csv"), csv).unwrap();
+}
+
+fn eval_json(dir: &Path) -> serde_json::Value {
+    let output = tagd("sqlite://unused.db").arg("eval").arg(dir).arg("--json").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn eval_counts_by_the_set_rule() {
+    let sandbox = Sandbox::new();
+    labelled_folder(&sandbox.inbox);
+    let document = eval_json(&sandbox.inbox);
+    let report = &document["report"];
+    let photos = document["photos"].as_array().unwrap();
+
+    assert_eq!(report["photos"], 6);
+    assert_eq!(report["failed"], 0);
+    assert_eq!(report["footwear_photos"], 1);
+    assert_eq!(report["per_class"][5]["photos"], 1, "shoes count under their first label");
+    assert_eq!(report["per_class"][8]["photos"], 1, "a label given by name");
+
+    // The photo whose cell lists every class is right whatever the model says.
+    let anything = photos.iter().find(|p| p["file"] == "generated-b.jpg").unwrap();
+    assert_eq!(anything["accepted"].as_array().unwrap().len(), 10);
+
+    // `correct` is exactly the photos whose prediction is an accepted class.
+    let correct = photos
+        .iter()
+        .filter(|p| p["accepted"].as_array().unwrap().contains(&p["predicted"]))
+        .count();
+    assert!(correct >= 1);
+    assert_eq!(report["correct"], correct);
+    let flagged = photos.iter().filter(|p| p["needs_review"] == true).count();
+    assert_eq!(report["flagged"], flagged);
+    let confusion_total: u64 = report["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap())
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(confusion_total, 6);
+}
+
+#[test]
+fn eval_reads_class_subfolders_and_draws_a_sheet_of_the_mistakes() {
+    let sandbox = Sandbox::new();
+    for (folder, photo) in
+        [("trouser", "pants.jpg"), ("ankle-boot", "shoes.jpg"), ("Bag", "dress.jpg")]
+    {
+        let dir = sandbox.inbox.join(folder);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::copy(fixture(&format!("photos/{photo}")), dir.join(photo)).unwrap();
+    }
+    let sheet = sandbox.path().join("mistakes.png");
+    let explain = sandbox.path().join("explain");
+    let output = tagd("sqlite://unused.db")
+        .arg("eval")
+        .arg(&sandbox.inbox)
+        .arg("--sheet")
+        .arg(&sheet)
+        .arg("--explain")
+        .arg(&explain)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains(": 3 photos"), "{text}");
+    assert!(text.contains("footwear called Bag:"), "{text}");
+
+    // The dress labelled Bag is a mistake whatever the model says: it is on
+    // the sheet and has its own picture.
+    let picture = image::open(&sheet).unwrap();
+    assert!(picture.width() >= 240 && picture.height() >= 150);
+    assert!(explain.join("dress.png").exists());
+}
+
+#[test]
+fn a_missing_file_and_a_bad_label_row_are_clear_errors() {
+    let sandbox = Sandbox::new();
+    labelled_folder(&sandbox.inbox);
+    std::fs::remove_file(sandbox.inbox.join("pants.jpg")).unwrap();
+    let output = tagd("sqlite://unused.db").arg("eval").arg(&sandbox.inbox).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("labels.csv line 4 names pants.jpg, which does not exist"), "{error}");
+
+    labelled_folder(&sandbox.inbox);
+    let csv = std::fs::read_to_string(sandbox.inbox.join("labels.csv")).unwrap();
+    std::fs::write(sandbox.inbox.join("labels.csv"), csv.replace("dress.jpg,3,", "dress.jpg,Hat,"))
+        .unwrap();
+    let output = tagd("sqlite://unused.db").arg("eval").arg(&sandbox.inbox).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("line 5 (dress.jpg)") && error.contains("\"Hat\""), "{error}");
+}
