@@ -14,7 +14,7 @@ use anyhow::{Context, bail, ensure};
 use serde::Serialize;
 
 use crate::infer::{Classifier, PhotoSigns, ReviewPolicy, decide};
-use crate::preprocess::{self, Converted, Limits};
+use crate::preprocess::{self, Converted, Limits, Recipe};
 
 /// Footwear classes in Fashion-MNIST: Sandal, Sneaker, Ankle boot.
 const FOOTWEAR: [usize; 3] = [5, 7, 9];
@@ -170,13 +170,14 @@ pub fn classify_all(
     classifier: &Classifier,
     policy: &ReviewPolicy,
     limits: &Limits,
+    recipe: &Recipe,
     workers: usize,
     mut progress: impl FnMut(usize),
 ) -> anyhow::Result<Vec<PhotoResult>> {
     let manifest = &classifier.model().manifest;
     let mut results = Vec::with_capacity(photos.len());
     for chunk in photos.chunks(64) {
-        let prepared = prepare_parallel(chunk, limits, workers);
+        let prepared = prepare_parallel(chunk, limits, recipe, workers);
         let ready: Vec<usize> = (0..chunk.len()).filter(|&i| prepared[i].is_ok()).collect();
         let tensor: Vec<f32> = ready
             .iter()
@@ -243,6 +244,7 @@ pub fn classify_all(
 fn prepare_parallel(
     chunk: &[LabelledPhoto],
     limits: &Limits,
+    recipe: &Recipe,
     workers: usize,
 ) -> Vec<Result<preprocess::Prepared, preprocess::ImageError>> {
     let per_thread = chunk.len().div_ceil(workers.max(1)).max(1);
@@ -254,7 +256,7 @@ fn prepare_parallel(
                     part.iter()
                         .map(|photo| {
                             let bytes = preprocess::read_file(&photo.path, limits)?;
-                            preprocess::prepare(&bytes, limits)
+                            preprocess::prepare(&bytes, limits, recipe)
                         })
                         .collect::<Vec<_>>()
                 })

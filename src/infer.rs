@@ -16,7 +16,7 @@ use ort::value::TensorRef;
 
 use crate::config::ReviewSettings;
 use crate::model::ModelFolder;
-use crate::preprocess::{INPUT_EDGE, INPUT_PIXELS};
+use crate::preprocess::{INPUT_EDGE, INPUT_PIXELS, Recipe};
 use crate::store::Prediction;
 
 /// The ONNX Runtime release this build is made for.
@@ -109,6 +109,12 @@ impl Classifier {
 
     pub fn model(&self) -> &ModelFolder {
         &self.model
+    }
+
+    /// The conversion the model was trained for, from its manifest.
+    pub fn recipe(&self) -> Recipe {
+        Recipe::for_id(&self.model.manifest.preprocessing)
+            .expect("the manifest's preprocessing was checked when the model was opened")
     }
 
     /// One warm-up run on a blank image, which also proves the graph's

@@ -278,7 +278,8 @@ async fn prepare_image(
         }
     }
 
-    let prepared = on_cpu(cpu, &row.path, move || preprocess::prepare(&bytes, &limits))
+    let recipe = engine.classifier.recipe();
+    let prepared = on_cpu(cpu, &row.path, move || preprocess::prepare(&bytes, &limits, &recipe))
         .await
         .map_err(|error| failure(image, Some(content_hash.clone()), error))?;
     Ok(Ready::Convert { content_hash, prepared })

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::app;
 use crate::config::Settings;
 use crate::infer::{Classifier, PhotoSigns, ReviewPolicy, decide};
-use crate::preprocess::{self, Limits, Prepared};
+use crate::preprocess::{self, Limits, Prepared, Recipe};
 use crate::store::Prediction;
 
 #[derive(Debug, Serialize)]
@@ -37,7 +37,7 @@ pub fn classify(
 
     let mut any_failed = false;
     for file in files {
-        let verdict = match prepare(file, &limits) {
+        let verdict = match prepare(file, &limits, &classifier.recipe()) {
             Ok(prepared) => {
                 if let Some(dir) = explain {
                     write_explanation(dir, file, &prepared)?;
@@ -60,9 +60,13 @@ pub fn classify(
     Ok(if any_failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-fn prepare(file: &Path, limits: &Limits) -> Result<Prepared, preprocess::ImageError> {
+fn prepare(
+    file: &Path,
+    limits: &Limits,
+    recipe: &Recipe,
+) -> Result<Prepared, preprocess::ImageError> {
     let bytes = preprocess::read_file(file, limits)?;
-    preprocess::prepare(&bytes, limits)
+    preprocess::prepare(&bytes, limits, recipe)
 }
 
 fn judge(

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::app;
 use crate::config::Settings;
 use crate::evaluate::{self, LabelledPhoto, PhotoResult, Report};
-use crate::preprocess::{self, Limits};
+use crate::preprocess::{self, Limits, Recipe};
 use crate::sheet::{self, Tile};
 
 /// What to write besides the report.
@@ -20,6 +20,8 @@ pub struct Outputs<'a> {
     pub explain: Option<&'a Path>,
     pub sheet: Option<&'a Path>,
     pub progress: bool,
+    /// A preprocessing step to turn off, for ablation.
+    pub without: Option<&'a str>,
 }
 
 pub fn eval(settings: &Settings, dir: &Path, outputs: Outputs) -> anyhow::Result<ExitCode> {
@@ -27,6 +29,12 @@ pub fn eval(settings: &Settings, dir: &Path, outputs: Outputs) -> anyhow::Result
     let labels = classifier.model().manifest.labels.clone();
     let photos = evaluate::read_labels(dir, &labels)?;
     let limits = app::limits(settings);
+    let recipe = match outputs.without {
+        None => classifier.recipe(),
+        Some(step) => classifier.recipe().without(step).with_context(|| {
+            format!("--without {step}: the steps are {}", Recipe::STEPS.join(", "))
+        })?,
+    };
 
     let bar = progress_bar(outputs.progress && std::io::stderr().is_terminal(), photos.len());
     let results = evaluate::classify_all(
@@ -34,6 +42,7 @@ pub fn eval(settings: &Settings, dir: &Path, outputs: Outputs) -> anyhow::Result
         &classifier,
         &policy,
         &limits,
+        &recipe,
         settings.workers(),
         |done| bar.set_position(done as u64),
     )?;

@@ -89,6 +89,10 @@ enum Command {
         /// No progress bar
         #[arg(long)]
         no_progress: bool,
+        /// Turn one preprocessing step off, to measure what it buys:
+        /// border, mask, blank, area or sharpen
+        #[arg(long, value_name = "STEP")]
+        without: Option<String>,
     },
     /// List the review queue, or record a person's decision
     Review {
@@ -128,7 +132,7 @@ pub fn main() -> ExitCode {
 
     let result = match cli.command {
         Command::Check => return check::check(&loaded),
-        Command::Eval { folder, json, explain, sheet, no_progress } => eval::eval(
+        Command::Eval { folder, json, explain, sheet, no_progress, without } => eval::eval(
             &loaded.settings,
             &folder,
             eval::Outputs {
@@ -136,6 +140,7 @@ pub fn main() -> ExitCode {
                 explain: explain.as_deref(),
                 sheet: sheet.as_deref(),
                 progress: !no_progress,
+                without: without.as_deref(),
             },
         ),
         Command::Classify { files, explain, json } => {

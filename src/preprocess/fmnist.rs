@@ -15,8 +15,67 @@
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer, images::Image};
 use image::{GrayImage, RgbImage};
 
-/// The identifier stored with every prediction made on this conversion.
+use super::segment;
+
+/// The paper's conversion (with area averaging): corner colour, 5% trim.
 pub const FMNIST_V1: &str = "fmnist-v1";
+
+/// For photos that are not studio shots: border colour, an Otsu object
+/// mask, and the background outside the mask blanked to black.
+pub const FMNIST_V2: &str = "fmnist-v2";
+
+/// Which steps a conversion takes. Each preprocessing identifier names one
+/// recipe; turning one step off is how the ablation figures are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recipe {
+    /// The background is the median of the whole border (else of the corners).
+    pub border_background: bool,
+    /// The object is an Otsu mask of colour distance (else the paper's 5% trim box).
+    pub mask: bool,
+    /// Pixels outside the mask are painted background, so the model sees
+    /// the object alone on black.
+    pub blank_background: bool,
+    /// The resize averages areas (else it subsamples, as the paper did).
+    pub area_resize: bool,
+    /// The 3x3 unsharp mask after the resize.
+    pub sharpen: bool,
+}
+
+impl Recipe {
+    /// The recipe a preprocessing identifier stands for.
+    pub fn for_id(id: &str) -> Option<Recipe> {
+        let v1 = Recipe {
+            border_background: false,
+            mask: false,
+            blank_background: false,
+            area_resize: true,
+            sharpen: true,
+        };
+        match id {
+            FMNIST_V1 => Some(v1),
+            FMNIST_V2 => {
+                Some(Recipe { border_background: true, mask: true, blank_background: true, ..v1 })
+            }
+            _ => None,
+        }
+    }
+
+    /// The step names `without` accepts.
+    pub const STEPS: [&'static str; 5] = ["border", "mask", "blank", "area", "sharpen"];
+
+    /// This recipe with one step turned off, for ablation.
+    pub fn without(mut self, step: &str) -> Option<Recipe> {
+        match step {
+            "border" => self.border_background = false,
+            "mask" => self.mask = false,
+            "blank" => self.blank_background = false,
+            "area" => self.area_resize = false,
+            "sharpen" => self.sharpen = false,
+            _ => return None,
+        }
+        Some(self)
+    }
+}
 
 /// The model input's edge, in pixels.
 pub const INPUT_EDGE: u32 = 28;
@@ -64,20 +123,35 @@ pub fn normalise(pixels: &[u8], mean: f32, std: f32) -> Vec<f32> {
 }
 
 /// Runs the whole conversion on an upright RGB photo.
-pub fn convert(rgb: &RgbImage) -> Converted {
-    let background = corner_colour(rgb);
-    let (object_box, contrast) = object_box(rgb, background);
-    let object_found = object_box.is_some();
-    let [x, y, width, height] = object_box.unwrap_or([0, 0, rgb.width(), rgb.height()]);
+pub fn convert(rgb: &RgbImage, recipe: &Recipe) -> Converted {
+    let background =
+        if recipe.border_background { segment::border_colour(rgb) } else { corner_colour(rgb) };
+    let distances = segment::distances(rgb, background);
+    let contrast = contrast(&distances);
 
-    let gray = to_gray(rgb, [x, y, width, height]);
-    let background_gray = luma(background);
-    let resized = resize_long_edge(&gray, INPUT_EDGE);
-    let sharpened = sharpen(&resized);
-    let padded = pad_centred(&sharpened, INPUT_EDGE, background_gray);
+    let (width, height) = rgb.dimensions();
+    let mask = recipe.mask.then(|| {
+        let threshold = segment::otsu_threshold(&distances).max(TRIM_FUZZ as u16);
+        segment::object_mask(width, height, &distances, threshold)
+    });
+    let object_box = match &mask {
+        Some(mask) => segment::mask_box(mask),
+        None => trim_box(width, &distances),
+    };
+    let object_found = object_box.is_some();
+    let object_box = object_box.unwrap_or([0, 0, width, height]);
+
+    // Blanked pixels and padding are white, so they turn black when negated,
+    // whatever the floor's colour was.
+    let blank = mask.as_ref().filter(|_| recipe.blank_background);
+    let fill = if blank.is_some() { 255 } else { luma(background) };
+    let gray = to_gray(rgb, object_box, blank.map(|mask| (mask, fill)));
+    let resized = resize_long_edge(&gray, INPUT_EDGE, recipe.area_resize);
+    let sharpened = if recipe.sharpen { sharpen(&resized) } else { resized };
+    let padded = pad_centred(&sharpened, INPUT_EDGE, fill);
     let pixels = negate(padded.into_raw());
 
-    Converted { pixels, object_box: [x, y, width, height], object_found, contrast }
+    Converted { pixels, object_box, object_found, contrast }
 }
 
 /// The background colour: the per-channel median of the four corners, so one
@@ -97,37 +171,27 @@ pub fn corner_colour(rgb: &RgbImage) -> [u8; 3] {
     })
 }
 
-fn distance(pixel: [u8; 3], background: [u8; 3]) -> f32 {
-    let squared: f32 = (0..3)
-        .map(|c| {
-            let d = f32::from(pixel[c]) - f32::from(background[c]);
-            d * d
-        })
-        .sum();
-    squared.sqrt()
-}
-
-/// The bounding box of the pixels farther than the trim fuzz from the
-/// background, and the object's contrast. `None` when no pixel is.
-pub fn object_box(rgb: &RgbImage, background: [u8; 3]) -> (Option<[u32; 4]>, f32) {
+/// The paper's trim: the bounding box of the pixels farther than the trim
+/// fuzz from the background. `None` when no pixel is.
+pub fn trim_box(width: u32, distances: &[u16]) -> Option<[u32; 4]> {
     let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0, 0);
-    let mut histogram = [0u32; 443];
-    for (x, y, pixel) in rgb.enumerate_pixels() {
-        let d = distance(pixel.0, background);
-        histogram[d as usize] += 1;
-        if d > TRIM_FUZZ {
-            x0 = x0.min(x);
-            y0 = y0.min(y);
-            x1 = x1.max(x);
-            y1 = y1.max(y);
+    for (index, &d) in distances.iter().enumerate() {
+        if f32::from(d) > TRIM_FUZZ {
+            let (x, y) = (index as u32 % width, index as u32 / width);
+            (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
         }
     }
+    (x0 != u32::MAX).then(|| [x0, y0, x1 - x0 + 1, y1 - y0 + 1])
+}
 
-    let contrast = percentile(&histogram, 0.98) / MAX_RGB_DISTANCE;
-    if x0 == u32::MAX {
-        return (None, contrast);
+/// How far the object stands out: the 98th percentile of the colour
+/// distance, over the largest possible.
+fn contrast(distances: &[u16]) -> f32 {
+    let mut histogram = [0u32; 443];
+    for &d in distances {
+        histogram[usize::from(d)] += 1;
     }
-    (Some([x0, y0, x1 - x0 + 1, y1 - y0 + 1]), contrast)
+    percentile(&histogram, 0.98) / MAX_RGB_DISTANCE
 }
 
 fn percentile(histogram: &[u32], share: f32) -> f32 {
@@ -149,14 +213,25 @@ pub fn luma(pixel: [u8; 3]) -> u8 {
     ((299 * r + 587 * g + 114 * b + 500) / 1000) as u8
 }
 
-/// Crops to the box and converts to gray in one pass.
-pub fn to_gray(rgb: &RgbImage, [x, y, width, height]: [u32; 4]) -> GrayImage {
-    GrayImage::from_fn(width, height, |dx, dy| image::Luma([luma(rgb.get_pixel(x + dx, y + dy).0)]))
+/// Crops to the box and converts to gray in one pass. With a mask, pixels
+/// outside it take the background's gray.
+pub fn to_gray(
+    rgb: &RgbImage,
+    [x, y, width, height]: [u32; 4],
+    blank: Option<(&GrayImage, u8)>,
+) -> GrayImage {
+    GrayImage::from_fn(width, height, |dx, dy| {
+        let (sx, sy) = (x + dx, y + dy);
+        match blank {
+            Some((mask, background)) if mask.get_pixel(sx, sy)[0] == 0 => image::Luma([background]),
+            _ => image::Luma([luma(rgb.get_pixel(sx, sy).0)]),
+        }
+    })
 }
 
 /// Scales so the longest edge is `edge`, keeping the aspect ratio, by area
-/// averaging.
-pub fn resize_long_edge(gray: &GrayImage, edge: u32) -> GrayImage {
+/// averaging or, as the paper did, by subsampling.
+pub fn resize_long_edge(gray: &GrayImage, edge: u32, area: bool) -> GrayImage {
     let (w, h) = gray.dimensions();
     let scale = edge as f32 / w.max(h) as f32;
     let new_w = ((w as f32 * scale).round() as u32).clamp(1, edge);
@@ -168,7 +243,8 @@ pub fn resize_long_edge(gray: &GrayImage, edge: u32) -> GrayImage {
     let source = Image::from_vec_u8(w, h, gray.as_raw().clone(), PixelType::U8)
         .expect("buffer matches its dimensions");
     let mut target = Image::new(new_w, new_h, PixelType::U8);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Box));
+    let algorithm = if area { ResizeAlg::Convolution(FilterType::Box) } else { ResizeAlg::Nearest };
+    let options = ResizeOptions::new().resize_alg(algorithm);
     RESIZER
         .with_borrow_mut(|resizer| resizer.resize(&source, &mut target, &options))
         .expect("same pixel type on both sides");
@@ -251,18 +327,28 @@ mod tests {
     }
 
     #[test]
-    fn the_box_is_tight_around_the_object() {
-        let (found, contrast) = object_box(&shoe_on_white(), [250, 250, 250]);
-        assert_eq!(found, Some([40, 70, 180, 90]));
-        assert!(contrast > 0.5, "contrast {contrast}");
+    fn the_trim_box_is_tight_around_the_object() {
+        let image = shoe_on_white();
+        let distances = segment::distances(&image, [250, 250, 250]);
+        assert_eq!(trim_box(image.width(), &distances), Some([40, 70, 180, 90]));
+        assert!(contrast(&distances) > 0.2, "contrast {}", contrast(&distances));
     }
 
     #[test]
     fn a_blank_photo_has_no_object_and_no_contrast() {
         let blank = RgbImage::from_pixel(50, 40, Rgb([200, 200, 200]));
-        let (found, contrast) = object_box(&blank, corner_colour(&blank));
-        assert_eq!(found, None);
-        assert_eq!(contrast, 0.0);
+        let distances = segment::distances(&blank, corner_colour(&blank));
+        assert_eq!(trim_box(50, &distances), None);
+        assert_eq!(contrast(&distances), 0.0);
+        assert!(!convert(&blank, &v2()).object_found);
+    }
+
+    fn v1() -> Recipe {
+        Recipe::for_id(FMNIST_V1).unwrap()
+    }
+
+    fn v2() -> Recipe {
+        Recipe::for_id(FMNIST_V2).unwrap()
     }
 
     #[test]
@@ -275,7 +361,7 @@ mod tests {
     #[test]
     fn resizing_keeps_the_aspect_ratio_and_fills_the_long_edge() {
         let gray = GrayImage::from_pixel(180, 90, image::Luma([10]));
-        let resized = resize_long_edge(&gray, 28);
+        let resized = resize_long_edge(&gray, 28, true);
         assert_eq!(resized.dimensions(), (28, 14));
         assert!(resized.pixels().all(|p| p[0] == 10), "area averaging keeps flat colour");
     }
@@ -302,7 +388,7 @@ mod tests {
 
     #[test]
     fn a_dark_shoe_on_white_becomes_a_bright_centred_shape_on_black() {
-        let converted = convert(&shoe_on_white());
+        let converted = convert(&shoe_on_white(), &v1());
         let image = converted.to_image();
         assert!(converted.object_found);
 
@@ -325,5 +411,46 @@ mod tests {
         let tensor = normalise(&[0, 255], 0.2860, 0.3530);
         assert!((tensor[0] - (-0.2860 / 0.3530)).abs() < 1e-6);
         assert!((tensor[1] - ((1.0 - 0.2860) / 0.3530)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn subsampling_keeps_single_pixels_that_averaging_blurs() {
+        let stripes =
+            GrayImage::from_fn(56, 56, |x, _| image::Luma([if x % 2 == 0 { 0 } else { 255 }]));
+        let averaged = resize_long_edge(&stripes, 28, true);
+        let subsampled = resize_long_edge(&stripes, 28, false);
+        assert!((120..=135).contains(&averaged.get_pixel(10, 10)[0]));
+        assert!([0, 255].contains(&subsampled.get_pixel(10, 10)[0]));
+    }
+
+    #[test]
+    fn on_a_textured_floor_v2_finds_the_object_and_blanks_the_floor() {
+        let floor = |x: u32, y: u32| {
+            let grain = ((x * 7919 + y * 104_729) % 31) as u8;
+            Rgb([150 + grain, 110 + grain, 70 + grain / 2])
+        };
+        let photo = RgbImage::from_fn(300, 200, |x, y| {
+            let sole = (40..220).contains(&x) && (120..160).contains(&y);
+            let heel = (40..90).contains(&x) && (70..160).contains(&y);
+            if sole || heel { Rgb([20, 20, 30]) } else { floor(x, y) }
+        });
+
+        let paper = convert(&photo, &v1());
+        assert_eq!(paper.object_box, [0, 0, 300, 200], "the paper's trim keeps the whole frame");
+
+        let masked = convert(&photo, &v2());
+        assert_eq!(masked.object_box, [40, 70, 180, 90]);
+        let image = masked.to_image();
+        assert_eq!(image.get_pixel(0, 0)[0], 0, "the floor is black");
+        assert_eq!(image.get_pixel(20, 4)[0], 0, "the floor inside the box is black too");
+        assert!(image.get_pixel(2, 12)[0] > 180, "the shoe is bright");
+    }
+
+    #[test]
+    fn steps_can_be_turned_off_one_by_one() {
+        for step in Recipe::STEPS {
+            assert_ne!(v2().without(step), Some(v2()), "{step}");
+        }
+        assert_eq!(v2().without("nothing"), None);
     }
 }

@@ -6,22 +6,24 @@
 //!   at a reduced size in the DCT domain where that is free), applies the
 //!   EXIF orientation and flattens transparency onto white.
 //! - [`fmnist`] converts the photo the way Fashion-MNIST itself was made
-//!   (trim to the object, longest edge to 28, sharpen, pad, negate, gray).
+//!   (trim to the object, longest edge to 28, sharpen, pad, negate, gray),
+//!   with [`segment`] separating the object from floors and beds.
 //!
 //! Every failure is an [`ImageError`] with a stable code, so a bad file ends
 //! as a `failed` row that says what is wrong, and never stops the daemon.
 
 pub mod decode;
 pub mod fmnist;
+pub mod segment;
 
 use std::path::Path;
 
 pub use decode::{Decoded, Limits};
-pub use fmnist::{Converted, FMNIST_V1, INPUT_EDGE, INPUT_PIXELS};
+pub use fmnist::{Converted, FMNIST_V1, FMNIST_V2, INPUT_EDGE, INPUT_PIXELS, Recipe};
 
 /// Preprocessing identifiers this build implements. A model manifest must
 /// name one of them.
-pub const KNOWN_PREPROCESSING: &[&str] = &[FMNIST_V1];
+pub const KNOWN_PREPROCESSING: &[&str] = &[FMNIST_V1, FMNIST_V2];
 
 /// Why an image could not be turned into model input. `code()` is stored in
 /// the catalogue and is stable across releases.
@@ -87,8 +89,8 @@ pub fn read_file(path: &Path, limits: &Limits) -> Result<Vec<u8>, ImageError> {
 }
 
 /// Decodes bytes and converts them to Fashion-MNIST form.
-pub fn prepare(bytes: &[u8], limits: &Limits) -> Result<Prepared, ImageError> {
+pub fn prepare(bytes: &[u8], limits: &Limits, recipe: &Recipe) -> Result<Prepared, ImageError> {
     let decoded = decode::decode(bytes, limits)?;
-    let converted = fmnist::convert(&decoded.rgb);
+    let converted = fmnist::convert(&decoded.rgb, recipe);
     Ok(Prepared { width: decoded.width, height: decoded.height, converted })
 }
