@@ -8,6 +8,8 @@
 //! reached the Postgres tests say so and pass, except with `CI=true`, where
 //! they fail.
 
+mod common;
+
 use std::collections::hash_map::RandomState;
 use std::future::Future;
 use std::hash::BuildHasher;
@@ -25,20 +27,9 @@ use tagd::store::{
 };
 use tempfile::TempDir;
 
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+use common::LABELS;
 
-const LABELS: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 // ---------------------------------------------------------------------------
 // The harness: a catalogue, its model, and a plain pool on the same database.

@@ -119,14 +119,7 @@ fn keep_large_regions(width: u32, height: u32, mask: &[bool]) -> Vec<bool> {
         stack.push(start);
         while let Some(at) = stack.pop() {
             size += 1;
-            let (x, y) = (at % w, at / w);
-            let neighbours = [
-                (x > 0).then(|| at - 1),
-                (x + 1 < w).then(|| at + 1),
-                (y > 0).then(|| at - w),
-                (y + 1 < h).then(|| at + w),
-            ];
-            for next in neighbours.into_iter().flatten() {
+            for next in neighbours(at, w, h) {
                 if mask[next] && region[next] == 0 {
                     region[next] = id;
                     stack.push(next);
@@ -156,14 +149,7 @@ fn fill_holes(width: u32, height: u32, mask: &[bool]) -> Vec<bool> {
         outside[at] = true;
     }
     while let Some(at) = stack.pop() {
-        let (x, y) = (at % w, at / w);
-        let neighbours = [
-            (x > 0).then(|| at - 1),
-            (x + 1 < w).then(|| at + 1),
-            (y > 0).then(|| at - w),
-            (y + 1 < h).then(|| at + w),
-        ];
-        for next in neighbours.into_iter().flatten() {
+        for next in neighbours(at, w, h) {
             if !mask[next] && !outside[next] {
                 outside[next] = true;
                 stack.push(next);
@@ -171,6 +157,19 @@ fn fill_holes(width: u32, height: u32, mask: &[bool]) -> Vec<bool> {
         }
     }
     outside.iter().map(|&out| !out).collect()
+}
+
+/// The 4-connected neighbours of pixel `at` in a `w` x `h` raster.
+fn neighbours(at: usize, w: usize, h: usize) -> impl Iterator<Item = usize> {
+    let (x, y) = (at % w, at / w);
+    [
+        (x > 0).then(|| at - 1),
+        (x + 1 < w).then(|| at + 1),
+        (y > 0).then(|| at - w),
+        (y + 1 < h).then(|| at + w),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// The bounding box of the mask's object pixels: x, y, width, height.
