@@ -234,3 +234,30 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
     assert!(stderr(&output).trim().is_empty(), "no warnings: {}", stderr(&output));
 }
+
+#[test]
+fn convert_writes_what_a_model_would_see_without_a_model() {
+    let sandbox = Sandbox::new();
+    std::fs::write(sandbox.inbox.join("generated.jpg"), photo_jpeg(400, 300, 4)).unwrap();
+    std::fs::copy(fixture_photo("pants.jpg"), sandbox.inbox.join("pants.jpg")).unwrap();
+    let out = sandbox.path().join("out");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tagd"))
+        .args(["--model", "/nonexistent", "convert"])
+        .arg(&sandbox.inbox)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("converted 2 of 2 photos with fmnist-v2"),
+        "{}",
+        stdout(&output)
+    );
+
+    let seen = image::open(out.join("generated.png")).unwrap().to_luma8();
+    assert_eq!(seen.dimensions(), (28, 28));
+    assert_eq!(seen.get_pixel(0, 0)[0], 0, "the background is black");
+    assert!(seen.get_pixel(14, 14)[0] > 150, "the garment is bright");
+    assert!(out.join("pants.png").exists());
+}

@@ -2,6 +2,7 @@
 
 mod check;
 mod classify;
+mod convert;
 mod eval;
 mod review;
 mod run;
@@ -72,6 +73,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the 28x28 images a model would see, as PNG, without a model
+    Convert {
+        /// Photos, or folders of photos
+        #[arg(required = true, value_name = "PATH")]
+        inputs: Vec<PathBuf>,
+        /// Where the PNG files go (named after the photos)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The conversion to apply
+        #[arg(long, value_name = "ID", default_value = crate::preprocess::FMNIST_V2)]
+        preprocessing: String,
+    },
     /// Measure the model on labelled photos: accuracy, per class, confusion
     Eval {
         /// A folder with labels.csv (file,fmnist_labels) or class subfolders
@@ -132,6 +145,9 @@ pub fn main() -> ExitCode {
 
     let result = match cli.command {
         Command::Check => return check::check(&loaded),
+        Command::Convert { inputs, out, preprocessing } => {
+            convert::convert(&loaded.settings, &inputs, &out, &preprocessing)
+        }
         Command::Eval { folder, json, explain, sheet, no_progress, without } => eval::eval(
             &loaded.settings,
             &folder,
@@ -154,7 +170,10 @@ pub fn main() -> ExitCode {
                         scan::scan(&loaded.settings, &folders, !no_progress).await
                     }
                     Command::Review { action } => review::review(&loaded.settings, action).await,
-                    Command::Check | Command::Classify { .. } | Command::Eval { .. } => {
+                    Command::Check
+                    | Command::Classify { .. }
+                    | Command::Convert { .. }
+                    | Command::Eval { .. } => {
                         unreachable!("handled above")
                     }
                 }
