@@ -261,3 +261,102 @@ fn convert_writes_what_a_model_would_see_without_a_model() {
     assert!(seen.get_pixel(14, 14)[0] > 150, "the garment is bright");
     assert!(out.join("pants.png").exists());
 }
+
+#[test]
+fn a_library_that_is_not_onnx_runtime_is_refused_with_a_reason() {
+    let sandbox = Sandbox::new();
+    let db = TestDb::sqlite(sandbox.path());
+    let libc = [
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        "/lib64/libc.so.6",
+    ]
+    .into_iter()
+    .find(|path| std::path::Path::new(path).exists())
+    .expect("a C library to stand in for a wrong runtime");
+    let output = tagd_with_runtime(db.url(), libc).arg("check").output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let text = stdout(&output);
+    assert!(text.contains("FAIL  onnxruntime") && text.contains("OrtGetApiBase"), "{text}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let sandbox = Sandbox::new();
+    let db = TestDb::sqlite(sandbox.path());
+    std::fs::write(sandbox.inbox.join("broken.jpg"), b"not a photo").unwrap();
+    let inbox = sandbox.inbox.display().to_string();
+    let output = tagd(db.url())
+        .args(["--log-format", "json", "scan", "--no-progress", &inbox])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let lines: Vec<serde_json::Value> =
+        stderr(&output).lines().map(|line| serde_json::from_str(line).expect(line)).collect();
+    let warning =
+        lines.iter().find(|line| line["message"] == "cannot tag image").expect("a warning");
+    assert_eq!(warning["level"], "WARN");
+    assert_eq!(warning["error_code"], "not_an_image");
+    assert!(warning["path"].as_str().unwrap().ends_with("broken.jpg"));
+}
+
+/// systemd's notify protocol, with a socket of our own standing in for
+/// systemd: READY=1 once running, watchdog pings, STOPPING=1 on SIGTERM,
+/// exit 0.
+#[test]
+fn tagd_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    use std::os::unix::net::UnixDatagram;
+
+    let sandbox = Sandbox::new();
+    let db = TestDb::sqlite(sandbox.path());
+    let socket_path = sandbox.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+
+    // systemd names the watched process in WATCHDOG_PID: the shell's pid
+    // is tagd's after exec.
+    let tagd = tagd(db.url());
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg("WATCHDOG_PID=$$ exec \"$0\" \"$@\"")
+        .arg(tagd.get_program())
+        .args(tagd.get_args())
+        .args(["run", "--watch"])
+        .arg(&sandbox.inbox)
+        .envs(tagd.get_envs().filter_map(|(key, value)| value.map(|value| (key, value))))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let child = KillOnDrop(command.spawn().unwrap());
+
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !received.iter().any(|m: &String| m.contains("WATCHDOG=1")) {
+        let n = socket.recv(&mut buffer).unwrap_or_else(|e| panic!("{e} after {received:?}"));
+        received.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+    }
+    assert!(received[0].contains("READY=1"), "{received:?}");
+
+    std::process::Command::new("kill").arg("-TERM").arg(child.0.id().to_string()).status().unwrap();
+    loop {
+        let n = socket.recv(&mut buffer).expect("STOPPING=1 within 30 s");
+        if String::from_utf8_lossy(&buffer[..n]).contains("STOPPING=1") {
+            break;
+        }
+    }
+    let mut child = child;
+    assert!(child.0.wait().unwrap().success());
+}
+
+/// Kills a child process when a test fails half-way.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
