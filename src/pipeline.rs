@@ -486,6 +486,10 @@ async fn commit_one_by_one(
 /// Images whose outcome could not be written stay in the in-flight set, so
 /// this run does not loop on them; they are still `pending` in the
 /// catalogue and are tagged at the next start.
+///
+/// FIXME: such an image waits for a restart even when the fault that
+/// refused its row (a constraint, a full disk) is fixed sooner; a timed
+/// retry of the parked set would tag it without one.
 fn release(engine: &Engine, batch: &[Finished], committed: bool) {
     if !committed {
         return;

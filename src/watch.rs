@@ -226,6 +226,12 @@ impl Settler {
 
     /// Notes a candidate. Returns its facts at once when the file has been
     /// quiet for the whole window already (a scan finding old files).
+    ///
+    /// FIXME: a writer that pauses for longer than the window in the middle
+    /// of a file is taken for finished; the partial file is tagged (or fails
+    /// as truncated) and is tagged again when its next close event arrives.
+    /// Linux has no cheap way to ask whether another process still holds a
+    /// file open for writing; a scan of /proc would cost more than it saves.
     pub fn observe(&mut self, path: PathBuf, stat: Stat) -> Option<FileFacts> {
         if stat.quiet_for(self.window) {
             self.waiting.remove(&path);
