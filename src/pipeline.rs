@@ -41,6 +41,8 @@ pub struct Engine {
     pub counters: Counters,
     /// Rung when new pending rows exist or in-flight work finished.
     pub wake: Arc<Notify>,
+    /// Rung after each committed batch, for anyone waiting on progress.
+    pub committed: Notify,
     inflight: Mutex<HashSet<ImageId>>,
 }
 
@@ -127,6 +129,7 @@ impl Engine {
             tuning,
             counters: Counters::default(),
             wake: Arc::new(Notify::new()),
+            committed: Notify::new(),
             inflight: Mutex::new(HashSet::new()),
         }
     }
@@ -171,7 +174,7 @@ async fn dispatch(
     finished: mpsc::Sender<Finished>,
 ) {
     let claims = Arc::new(Semaphore::new(engine.claim_limit()));
-    let cpu = Arc::new(Semaphore::new(engine.tuning.workers));
+    let slots = Arc::new(Slots::new(engine.tuning.workers));
     let mut tasks = JoinSet::new();
     let mut backoff = Backoff::new(engine.tuning.max_retry_backoff);
 
@@ -187,10 +190,10 @@ async fn dispatch(
                     for row in rows {
                         let permit = claims.clone().acquire_owned().await.expect("never closed");
                         engine.lock_inflight().insert(row.id);
-                        let (engine, cpu, jobs, finished) =
-                            (engine.clone(), cpu.clone(), jobs.clone(), finished.clone());
+                        let (engine, slots, jobs, finished) =
+                            (engine.clone(), slots.clone(), jobs.clone(), finished.clone());
                         tasks.spawn(async move {
-                            handle_image(&engine, &cpu, row, jobs, finished).await;
+                            handle_image(&engine, &slots, row, jobs, finished).await;
                             drop(permit);
                         });
                     }
@@ -223,14 +226,14 @@ async fn dispatch(
 /// Reads, hashes, reuses or converts one image, then hands it on.
 async fn handle_image(
     engine: &Engine,
-    cpu: &Semaphore,
+    slots: &Slots,
     row: PendingImage,
     jobs: mpsc::Sender<InferenceJob>,
     finished: mpsc::Sender<Finished>,
 ) {
     let started = Instant::now();
     let path = row.path.clone();
-    let outcome = match prepare_image(engine, cpu, &row).await {
+    let outcome = match prepare_image(engine, slots, &row).await {
         Ok(Ready::Convert { content_hash, prepared }) => {
             let job = InferenceJob { image: row.id, path, content_hash, prepared, started };
             let _ = jobs.send(job).await;
@@ -253,9 +256,12 @@ enum Ready {
 /// outcome (failed, skipped or vanished).
 async fn prepare_image(
     engine: &Engine,
-    cpu: &Semaphore,
+    slots: &Slots,
     row: &PendingImage,
 ) -> Result<Ready, Outcome> {
+    // Held until the bytes are decoded and dropped.
+    let _file_in_memory = slots.files.acquire().await.expect("never closed");
+    let cpu = &slots.cpu;
     let image = row.id;
     let limits = engine.limits;
     let path = PathBuf::from(&row.path);
@@ -283,6 +289,22 @@ async fn prepare_image(
         .await
         .map_err(|error| failure(image, Some(content_hash.clone()), error))?;
     Ok(Ready::Convert { content_hash, prepared })
+}
+
+/// Limits on the per-image work in progress.
+struct Slots {
+    /// CPU-bound work at once: `workers`.
+    cpu: Semaphore,
+    /// Files read but not yet decoded. Without this bound every claimed
+    /// image could hold its whole file while waiting for a CPU slot: 40
+    /// claims of 12-megapixel JPEGs is over 100 MB.
+    files: Semaphore,
+}
+
+impl Slots {
+    fn new(workers: usize) -> Slots {
+        Slots { cpu: Semaphore::new(workers), files: Semaphore::new(workers * 2) }
+    }
 }
 
 /// A failure as an outcome: a vanished file is marked gone, the rest fail.
@@ -509,6 +531,7 @@ fn release(engine: &Engine, batch: &[Finished], committed: bool) {
         }
     }
     engine.wake.notify_one();
+    engine.committed.notify_waiters();
 }
 
 fn log_outcome(done: &Finished) {

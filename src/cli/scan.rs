@@ -43,9 +43,11 @@ pub async fn scan(
         if interrupted.is_cancelled() || (counts.pending == 0 && engine.inflight_count() == 0) {
             break;
         }
+        // Woken by each commit; the timeout covers rows another process adds.
         tokio::select! {
             _ = interrupted.cancelled() => {}
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = engine.committed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
     bar.finish_and_clear();
