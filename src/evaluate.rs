@@ -200,12 +200,7 @@ pub fn classify_all(
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
             let result = match outcome {
                 Ok(prepared) => {
-                    let signs = PhotoSigns {
-                        width: prepared.width,
-                        height: prepared.height,
-                        object_found: prepared.converted.object_found,
-                        contrast: prepared.converted.contrast,
-                    };
+                    let signs = PhotoSigns::of(&prepared);
                     let prediction = decide(
                         &logits.remove(&i).expect("logits for each ready photo"),
                         classifier.model(),

@@ -16,7 +16,7 @@ use ort::value::TensorRef;
 
 use crate::config::ReviewSettings;
 use crate::model::ModelFolder;
-use crate::preprocess::{INPUT_EDGE, INPUT_PIXELS, Recipe};
+use crate::preprocess::{INPUT_EDGE, INPUT_PIXELS, Prepared, Recipe};
 use crate::store::Prediction;
 
 /// The ONNX Runtime release this build is made for.
@@ -240,6 +240,17 @@ pub struct PhotoSigns {
     pub height: u32,
     pub object_found: bool,
     pub contrast: f32,
+}
+
+impl PhotoSigns {
+    pub fn of(prepared: &Prepared) -> PhotoSigns {
+        PhotoSigns {
+            width: prepared.width,
+            height: prepared.height,
+            object_found: prepared.converted.object_found,
+            contrast: prepared.converted.contrast,
+        }
+    }
 }
 
 /// Turns logits into a stored prediction: calibrated probabilities, top

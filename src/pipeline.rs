@@ -402,12 +402,7 @@ async fn run_batch(engine: &Arc<Engine>, batch: Vec<InferenceJob>) -> Vec<Finish
 
 fn tagged(engine: &Engine, job: InferenceJob, logits: &[f32]) -> Finished {
     let prepared = &job.prepared;
-    let signs = PhotoSigns {
-        width: prepared.width,
-        height: prepared.height,
-        object_found: prepared.converted.object_found,
-        contrast: prepared.converted.contrast,
-    };
+    let signs = PhotoSigns::of(prepared);
     let prediction = decide(logits, engine.classifier.model(), &engine.policy, signs);
     Finished {
         outcome: Outcome::Tagged {

@@ -78,12 +78,7 @@ fn judge(
     let manifest = &classifier.model().manifest;
     let tensor = prepared.converted.to_tensor(manifest.input.mean, manifest.input.std);
     let logits = classifier.logits(&tensor)?;
-    let signs = PhotoSigns {
-        width: prepared.width,
-        height: prepared.height,
-        object_found: prepared.converted.object_found,
-        contrast: prepared.converted.contrast,
-    };
+    let signs = PhotoSigns::of(prepared);
     let prediction = decide(&logits[0], classifier.model(), policy, signs);
 
     let mut ranked: Vec<(String, f32)> =
