@@ -32,6 +32,10 @@ pub struct Recipe {
     pub border_background: bool,
     /// The object is an Otsu mask of colour distance (else the paper's 5% trim box).
     pub mask: bool,
+    /// A photo whose border is plain (a studio backdrop) keeps the paper's
+    /// trim even when `mask` is on: there the trim is exact, and a mask
+    /// can cut into light garments.
+    pub plain_trim: bool,
     /// Pixels outside the mask are painted background, so the model sees
     /// the object alone on black.
     pub blank_background: bool,
@@ -47,27 +51,33 @@ impl Recipe {
         let v1 = Recipe {
             border_background: false,
             mask: false,
+            plain_trim: false,
             blank_background: false,
             area_resize: true,
             sharpen: true,
         };
         match id {
             FMNIST_V1 => Some(v1),
-            FMNIST_V2 => {
-                Some(Recipe { border_background: true, mask: true, blank_background: true, ..v1 })
-            }
+            FMNIST_V2 => Some(Recipe {
+                border_background: true,
+                mask: true,
+                plain_trim: true,
+                blank_background: true,
+                ..v1
+            }),
             _ => None,
         }
     }
 
     /// The step names `without` accepts.
-    pub const STEPS: [&'static str; 5] = ["border", "mask", "blank", "area", "sharpen"];
+    pub const STEPS: [&'static str; 6] = ["border", "mask", "plain", "blank", "area", "sharpen"];
 
     /// This recipe with one step turned off, for ablation.
     pub fn without(mut self, step: &str) -> Option<Recipe> {
         match step {
             "border" => self.border_background = false,
             "mask" => self.mask = false,
+            "plain" => self.plain_trim = false,
             "blank" => self.blank_background = false,
             "area" => self.area_resize = false,
             "sharpen" => self.sharpen = false,
@@ -86,6 +96,10 @@ pub const INPUT_PIXELS: usize = (INPUT_EDGE * INPUT_EDGE) as usize;
 /// How far from the background colour a pixel must be to count as object:
 /// 5% of the largest possible distance in RGB space, as in the paper.
 const TRIM_FUZZ: f32 = 0.05 * MAX_RGB_DISTANCE;
+
+/// A border this much within half the trim fuzz of its median is a plain
+/// backdrop: studio backdrops are far more even than any floor or bed.
+const PLAIN_BORDER: f32 = 0.95;
 
 const MAX_RGB_DISTANCE: f32 = 441.672_96; // 255 * sqrt(3)
 
@@ -130,7 +144,10 @@ pub fn convert(rgb: &RgbImage, recipe: &Recipe) -> Converted {
     let contrast = contrast(&distances);
 
     let (width, height) = rgb.dimensions();
-    let mask = recipe.mask.then(|| {
+    let plain = recipe.plain_trim
+        && segment::plain_border_share(width, height, &distances, (TRIM_FUZZ / 2.0) as u16)
+            >= PLAIN_BORDER;
+    let mask = (recipe.mask && !plain).then(|| {
         let threshold = segment::otsu_threshold(&distances).max(TRIM_FUZZ as u16);
         segment::object_mask(width, height, &distances, threshold)
     });
@@ -444,6 +461,22 @@ mod tests {
         assert_eq!(image.get_pixel(0, 0)[0], 0, "the floor is black");
         assert_eq!(image.get_pixel(20, 4)[0], 0, "the floor inside the box is black too");
         assert!(image.get_pixel(2, 12)[0] > 180, "the shoe is bright");
+    }
+
+    #[test]
+    fn on_a_plain_backdrop_v2_keeps_the_papers_trim() {
+        // A pale garment on white: the trim sees all of it.
+        let photo = RgbImage::from_fn(200, 200, |x, y| {
+            let garment = (50..150).contains(&x) && (30..170).contains(&y);
+            let pale_panel = (60..140).contains(&x) && (100..170).contains(&y);
+            match (garment, pale_panel) {
+                (true, true) => Rgb([215, 215, 210]),
+                (true, false) => Rgb([90, 90, 90]),
+                _ => Rgb([252, 252, 252]),
+            }
+        });
+        assert_eq!(convert(&photo, &v2()).object_box, convert(&photo, &v1()).object_box);
+        assert_eq!(convert(&photo, &v1()).object_box, [50, 30, 100, 140]);
     }
 
     #[test]

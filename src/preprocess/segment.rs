@@ -46,6 +46,21 @@ fn median(histogram: &[u32; 256]) -> u8 {
     255
 }
 
+/// The share of the border band within `fuzz` of the background colour: near
+/// 1 for a studio shot on a plain backdrop, far lower on a floor or a bed.
+pub fn plain_border_share(width: u32, height: u32, distances: &[u16], fuzz: u16) -> f32 {
+    let band = ((width.min(height) as f32 * BORDER_SHARE) as u32).max(1);
+    let (mut plain, mut total) = (0u32, 0u32);
+    for (index, &d) in distances.iter().enumerate() {
+        let (x, y) = (index as u32 % width, index as u32 / width);
+        if x < band || y < band || x >= width - band || y >= height - band {
+            total += 1;
+            plain += u32::from(d <= fuzz);
+        }
+    }
+    plain as f32 / total.max(1) as f32
+}
+
 /// Colour distance of every pixel from the background, as 0..=441.
 pub fn distances(rgb: &RgbImage, background: [u8; 3]) -> Vec<u16> {
     rgb.pixels()
