@@ -47,14 +47,28 @@ async fn dropped_photos(sandbox: &Sandbox, db: TestDb) {
     // Every prediction names the model's hash and the preprocessing, and its
     // probabilities sum to one.
     let manifest = std::fs::read_to_string(model_dir().join("model.toml")).unwrap();
-    let sha = manifest.lines().find_map(|l| l.strip_prefix("sha256 = ")).unwrap().trim_matches('"');
+    let value = |key: &str| {
+        let prefix = format!("{key} = ");
+        manifest
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap()
+            .trim_matches('"')
+            .to_string()
+    };
+    let (sha, preprocessing) = (value("sha256"), value("preprocessing"));
     let matching = pool
         .count(&format!(
             "SELECT count(*) FROM predictions p JOIN models m ON m.id = p.model_id \
-             WHERE m.sha256 = '{sha}' AND p.preprocessing = 'fmnist-v1'"
+             WHERE m.sha256 = '{sha}' AND p.preprocessing = '{preprocessing}'"
         ))
         .await;
     assert_eq!(matching, 4);
+    for text in pool.strings("SELECT CAST(probabilities AS TEXT) FROM predictions").await {
+        let probabilities: Vec<f64> = serde_json::from_str(&text).unwrap();
+        assert_eq!(probabilities.len(), 10);
+        assert!((probabilities.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{text}");
+    }
 }
 
 #[tokio::test]

@@ -161,7 +161,7 @@ pub fn convert(rgb: &RgbImage, recipe: &Recipe) -> Converted {
     // Blanked pixels and padding are white, so they turn black when negated,
     // whatever the floor's colour was.
     let blank = mask.as_ref().filter(|_| recipe.blank_background);
-    let fill = if blank.is_some() { 255 } else { luma(background) };
+    let fill = if recipe.blank_background { 255 } else { luma(background) };
     let gray = to_gray(rgb, object_box, blank.map(|mask| (mask, fill)));
     let resized = resize_long_edge(&gray, INPUT_EDGE, recipe.area_resize);
     let sharpened = if recipe.sharpen { sharpen(&resized) } else { resized };

@@ -193,6 +193,11 @@ impl Pool {
         on_pool!(self, |p| sqlx::query_scalar::<_, i64>(sql).fetch_one(p).await.ok())
     }
 
+    /// One text column from every row of a query.
+    pub async fn strings(&self, sql: &str) -> Vec<String> {
+        on_pool!(self, |p| sqlx::query_scalar::<_, String>(sql).fetch_all(p).await.expect(sql))
+    }
+
     pub async fn images(&self) -> Vec<ImageRow> {
         let sql = "SELECT path, status, error_code, gone_at IS NOT NULL AS gone FROM images ORDER BY path";
         on_pool!(self, |p| sqlx::query(sql)
