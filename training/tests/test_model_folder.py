@@ -49,3 +49,23 @@ def test_fixtures_match_the_model(manifest):
         assert int(probs.argmax()) == item["predicted"], item["file"]
         assert data.LABELS[item["predicted"]] == item["predicted_name"]
         np.testing.assert_allclose(probs, item["probabilities"], atol=1e-5, err_msg=item["file"])
+
+
+@pytest.fixture(scope="module")
+def metrics():
+    with open(os.path.join(MODEL_DIR, "metrics.json")) as f:
+        return json.load(f)
+
+
+def test_card_is_generated_from_the_metrics(tmp_path, metrics):
+    from fmnist import report
+    report.write_card(metrics, str(tmp_path))
+    with open(os.path.join(MODEL_DIR, "MODEL_CARD.md")) as f:
+        assert (tmp_path / "MODEL_CARD.md").read_text() == f.read(), "MODEL_CARD.md differs from metrics.json"
+
+
+def test_manifest_agrees_with_the_metrics(manifest, metrics):
+    assert manifest["preprocessing"] == metrics["preprocessing"].get("name", "fmnist-v1")
+    assert manifest["calibration"]["temperature"] == pytest.approx(metrics["calibration"]["temperature"])
+    assert manifest["review"]["min_confidence_per_class"] == pytest.approx(metrics["review"].get("per_class", {}))
+    assert manifest["sha256"] == metrics["export"]["sha256"]
