@@ -328,6 +328,89 @@ mod tests {
         assert_eq!(top_two(&[1.0]), (0, None));
     }
 
+    fn model_with_review(per_class: &str) -> ModelFolder {
+        let manifest = format!(
+            r#"
+name = "test"
+version = "1"
+onnx_file = "model.onnx"
+sha256 = "0"
+preprocessing = "fmnist-v2"
+labels = ["Sandal", "Sneaker", "Bag"]
+[input]
+name = "image"
+shape = [1, 28, 28]
+mean = 0.5
+std = 0.5
+[output]
+name = "logits"
+[calibration]
+temperature = 1.0
+[review]
+min_confidence = 0.6
+min_margin = 0.2
+[review.min_confidence_per_class]
+{per_class}
+"#
+        );
+        ModelFolder {
+            dir: PathBuf::new(),
+            manifest: toml::from_str(&manifest).unwrap(),
+            onnx_path: PathBuf::new(),
+        }
+    }
+
+    fn photo(width: u32, height: u32) -> PhotoSigns {
+        PhotoSigns { width, height, object_found: true, contrast: 0.8 }
+    }
+
+    fn review_of(model: &ModelFolder, logits: &[f32], signs: PhotoSigns) -> Option<String> {
+        let policy = ReviewPolicy::resolve(model, &ReviewSettings::default()).unwrap();
+        decide(logits, model, &policy, signs).review_reason
+    }
+
+    #[test]
+    fn a_clear_answer_on_a_normal_photo_is_not_flagged() {
+        let model = model_with_review("");
+        assert_eq!(review_of(&model, &[0.0, 5.0, 0.0], photo(800, 600)), None);
+    }
+
+    #[test]
+    fn every_reason_that_applies_is_recorded() {
+        let model = model_with_review("");
+        // Sneaker 0.49, Bag 0.49: unsure and split between two classes.
+        assert_eq!(
+            review_of(&model, &[-2.0, 1.0, 1.0], photo(800, 600)).as_deref(),
+            Some("low_confidence,small_margin")
+        );
+
+        let blank = PhotoSigns { object_found: false, ..photo(800, 600) };
+        assert_eq!(review_of(&model, &[0.0, 5.0, 0.0], blank).as_deref(), Some("no_object"));
+
+        let faint = PhotoSigns { contrast: 0.05, ..photo(800, 600) };
+        assert_eq!(review_of(&model, &[0.0, 5.0, 0.0], faint).as_deref(), Some("low_contrast"));
+    }
+
+    #[test]
+    fn a_photo_below_the_configured_edge_is_tiny() {
+        let model = model_with_review("");
+        let settings = ReviewSettings { tiny_image_edge_px: 50, ..ReviewSettings::default() };
+        let policy = ReviewPolicy::resolve(&model, &settings).unwrap();
+        let review = |signs| decide(&[0.0, 5.0, 0.0], &model, &policy, signs).review_reason;
+
+        assert_eq!(review(photo(50, 80)), None);
+        assert_eq!(review(photo(49, 80)).as_deref(), Some("tiny_image"));
+    }
+
+    #[test]
+    fn a_per_class_threshold_replaces_the_global_one_for_that_class() {
+        // Sneaker at 0.87: above the global 0.6, below Sneaker's own 0.9.
+        let strict = model_with_review(r#""Sneaker" = 0.9"#);
+        let logits = [0.0, 2.6, 0.0];
+        assert_eq!(review_of(&strict, &logits, photo(800, 600)).as_deref(), Some("low_confidence"));
+        assert_eq!(review_of(&model_with_review(""), &logits, photo(800, 600)), None);
+    }
+
     #[test]
     fn a_missing_library_says_how_to_install_one() {
         let error = load_runtime(Path::new("/nonexistent/libonnxruntime.so.1.31.1")).unwrap_err();
