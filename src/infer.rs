@@ -304,6 +304,7 @@ pub fn top_two(values: &[f32]) -> (usize, Option<usize>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Calibration, InputContract, Manifest, OutputContract, ReviewDefaults};
 
     #[test]
     fn temperature_softens_the_distribution() {
@@ -328,36 +329,26 @@ mod tests {
         assert_eq!(top_two(&[1.0]), (0, None));
     }
 
-    fn model_with_review(per_class: &str) -> ModelFolder {
-        let manifest = format!(
-            r#"
-name = "test"
-version = "1"
-onnx_file = "model.onnx"
-sha256 = "0"
-preprocessing = "fmnist-v2"
-labels = ["Sandal", "Sneaker", "Bag"]
-[input]
-name = "image"
-shape = [1, 28, 28]
-mean = 0.5
-std = 0.5
-[output]
-name = "logits"
-[calibration]
-temperature = 1.0
-[review]
-min_confidence = 0.6
-min_margin = 0.2
-[review.min_confidence_per_class]
-{per_class}
-"#
-        );
-        ModelFolder {
-            dir: PathBuf::new(),
-            manifest: toml::from_str(&manifest).unwrap(),
-            onnx_path: PathBuf::new(),
-        }
+    /// A model with three labels and a review rule of 0.6 / 0.2, plus the
+    /// given per-class `min_confidence` values.
+    fn model_with_review(per_class: &[(&str, f32)]) -> ModelFolder {
+        let manifest = Manifest {
+            name: "test".into(),
+            version: "1".into(),
+            onnx_file: "model.onnx".into(),
+            sha256: "0".into(),
+            preprocessing: "fmnist-v2".into(),
+            labels: ["Sandal", "Sneaker", "Bag"].map(String::from).to_vec(),
+            input: InputContract { name: "image".into(), shape: [1, 28, 28], mean: 0.5, std: 0.5 },
+            output: OutputContract { name: "logits".into() },
+            calibration: Calibration { temperature: 1.0 },
+            review: ReviewDefaults {
+                min_confidence: 0.6,
+                min_margin: 0.2,
+                min_confidence_per_class: per_class.iter().map(|&(k, v)| (k.into(), v)).collect(),
+            },
+        };
+        ModelFolder { dir: PathBuf::new(), manifest, onnx_path: PathBuf::new() }
     }
 
     fn photo(width: u32, height: u32) -> PhotoSigns {
@@ -371,13 +362,13 @@ min_margin = 0.2
 
     #[test]
     fn a_clear_answer_on_a_normal_photo_is_not_flagged() {
-        let model = model_with_review("");
+        let model = model_with_review(&[]);
         assert_eq!(review_of(&model, &[0.0, 5.0, 0.0], photo(800, 600)), None);
     }
 
     #[test]
     fn every_reason_that_applies_is_recorded() {
-        let model = model_with_review("");
+        let model = model_with_review(&[]);
         // Sneaker 0.49, Bag 0.49: unsure and split between two classes.
         assert_eq!(
             review_of(&model, &[-2.0, 1.0, 1.0], photo(800, 600)).as_deref(),
@@ -393,7 +384,7 @@ min_margin = 0.2
 
     #[test]
     fn a_photo_below_the_configured_edge_is_tiny() {
-        let model = model_with_review("");
+        let model = model_with_review(&[]);
         let settings = ReviewSettings { tiny_image_edge_px: 50, ..ReviewSettings::default() };
         let policy = ReviewPolicy::resolve(&model, &settings).unwrap();
         let review = |signs| decide(&[0.0, 5.0, 0.0], &model, &policy, signs).review_reason;
@@ -405,10 +396,10 @@ min_margin = 0.2
     #[test]
     fn a_per_class_threshold_replaces_the_global_one_for_that_class() {
         // Sneaker at 0.87: above the global 0.6, below Sneaker's own 0.9.
-        let strict = model_with_review(r#""Sneaker" = 0.9"#);
+        let strict = model_with_review(&[("Sneaker", 0.9)]);
         let logits = [0.0, 2.6, 0.0];
         assert_eq!(review_of(&strict, &logits, photo(800, 600)).as_deref(), Some("low_confidence"));
-        assert_eq!(review_of(&model_with_review(""), &logits, photo(800, 600)), None);
+        assert_eq!(review_of(&model_with_review(&[]), &logits, photo(800, 600)), None);
     }
 
     #[test]
