@@ -82,7 +82,7 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
         /// The conversion to apply
-        #[arg(long, value_name = "ID", default_value = crate::preprocess::FMNIST_V2)]
+        #[arg(long, value_name = "ID", default_value = crate::preprocess::FMNIST_V3)]
         preprocessing: String,
     },
     /// Measure the model on labelled photos: accuracy, per class, confusion

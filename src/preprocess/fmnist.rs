@@ -15,7 +15,7 @@
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer, images::Image};
 use image::{GrayImage, RgbImage};
 
-use super::segment;
+use super::{garment, segment};
 
 /// The paper's conversion (with area averaging): corner colour, 5% trim.
 pub const FMNIST_V1: &str = "fmnist-v1";
@@ -23,6 +23,11 @@ pub const FMNIST_V1: &str = "fmnist-v1";
 /// For photos that are not studio shots: border colour, an Otsu object
 /// mask, and the background outside the mask blanked to black.
 pub const FMNIST_V2: &str = "fmnist-v2";
+
+/// `fmnist-v2`, and on a studio backdrop a garment worn by a model is
+/// separated from the model (see [`super::garment`]); a backdrop counts as
+/// plain when three of its four sides are.
+pub const FMNIST_V3: &str = "fmnist-v3";
 
 /// Which steps a conversion takes. Each preprocessing identifier names one
 /// recipe; turning one step off is how the ablation figures are made.
@@ -36,6 +41,12 @@ pub struct Recipe {
     /// trim even when `mask` is on: there the trim is exact, and a mask
     /// can cut into light garments.
     pub plain_trim: bool,
+    /// Three plain sides of four make a plain backdrop (else all four): a
+    /// model cut at the thighs runs off the bottom of a studio shot.
+    pub plain_three_sides: bool,
+    /// On a plain backdrop, a garment worn by a model is cut out of the
+    /// figure by its colour, and the rest of the person blanked.
+    pub garment: bool,
     /// Pixels outside the mask are painted background, so the model sees
     /// the object alone on black.
     pub blank_background: bool,
@@ -52,25 +63,30 @@ impl Recipe {
             border_background: false,
             mask: false,
             plain_trim: false,
+            plain_three_sides: false,
+            garment: false,
             blank_background: false,
             area_resize: true,
             sharpen: true,
         };
+        let v2 = Recipe {
+            border_background: true,
+            mask: true,
+            plain_trim: true,
+            blank_background: true,
+            ..v1
+        };
         match id {
             FMNIST_V1 => Some(v1),
-            FMNIST_V2 => Some(Recipe {
-                border_background: true,
-                mask: true,
-                plain_trim: true,
-                blank_background: true,
-                ..v1
-            }),
+            FMNIST_V2 => Some(v2),
+            FMNIST_V3 => Some(Recipe { plain_three_sides: true, garment: true, ..v2 }),
             _ => None,
         }
     }
 
     /// The step names `without` accepts.
-    pub const STEPS: [&'static str; 6] = ["border", "mask", "plain", "blank", "area", "sharpen"];
+    pub const STEPS: [&'static str; 8] =
+        ["border", "mask", "plain", "sides", "garment", "blank", "area", "sharpen"];
 
     /// This recipe with one step turned off, for ablation.
     pub fn without(mut self, step: &str) -> Option<Recipe> {
@@ -78,6 +94,8 @@ impl Recipe {
             "border" => self.border_background = false,
             "mask" => self.mask = false,
             "plain" => self.plain_trim = false,
+            "sides" => self.plain_three_sides = false,
+            "garment" => self.garment = false,
             "blank" => self.blank_background = false,
             "area" => self.area_resize = false,
             "sharpen" => self.sharpen = false,
@@ -100,6 +118,10 @@ const TRIM_FUZZ: f32 = 0.05 * MAX_RGB_DISTANCE;
 /// A border this much within half the trim fuzz of its median is a plain
 /// backdrop: studio backdrops are far more even than any floor or bed.
 const PLAIN_BORDER: f32 = 0.95;
+
+/// With `plain_three_sides`, the third plainest side may be this plain: a
+/// model's hair touching the top of the frame, say.
+const PLAIN_SIDE_TOUCHED: f32 = 0.85;
 
 const MAX_RGB_DISTANCE: f32 = 441.672_96; // 255 * sqrt(3)
 
@@ -144,9 +166,7 @@ pub fn convert(rgb: &RgbImage, recipe: &Recipe) -> Converted {
     let contrast = contrast(&distances);
 
     let (width, height) = rgb.dimensions();
-    let plain = recipe.plain_trim
-        && segment::plain_border_share(width, height, &distances, (TRIM_FUZZ / 2.0) as u16)
-            >= PLAIN_BORDER;
+    let plain = recipe.plain_trim && is_plain_backdrop(width, height, &distances, recipe);
     let mask = (recipe.mask && !plain).then(|| {
         let threshold = segment::otsu_threshold(&distances).max(TRIM_FUZZ as u16);
         segment::object_mask(width, height, &distances, threshold)
@@ -157,6 +177,18 @@ pub fn convert(rgb: &RgbImage, recipe: &Recipe) -> Converted {
     };
     let object_found = object_box.is_some();
     let object_box = object_box.unwrap_or([0, 0, width, height]);
+
+    // A model wearing the garment: keep the garment, not the person.
+    let worn = (recipe.garment && plain && object_found)
+        .then(|| garment::worn_garment(rgb, &distances, object_box, TRIM_FUZZ as u16))
+        .flatten();
+    let (mask, object_box) = match worn {
+        Some(garment) => {
+            let garment_box = segment::mask_box(&garment).unwrap_or(object_box);
+            (Some(garment), garment_box)
+        }
+        None => (mask, object_box),
+    };
 
     // Blanked pixels and padding are white, so they turn black when negated,
     // whatever the floor's colour was.
@@ -169,6 +201,20 @@ pub fn convert(rgb: &RgbImage, recipe: &Recipe) -> Converted {
     let pixels = negate(padded.into_raw());
 
     Converted { pixels, object_box, object_found, contrast }
+}
+
+/// A studio backdrop: the border band lies within half the trim fuzz of the
+/// background colour, on all four sides or, with `plain_three_sides`, on the
+/// two plainest with the third nearly so (the fourth may be cut by the
+/// object). Floors and beds are never that even.
+fn is_plain_backdrop(width: u32, height: u32, distances: &[u16], recipe: &Recipe) -> bool {
+    let fuzz = (TRIM_FUZZ / 2.0) as u16;
+    if !recipe.plain_three_sides {
+        return segment::plain_border_share(width, height, distances, fuzz) >= PLAIN_BORDER;
+    }
+    let mut sides = segment::plain_side_shares(width, height, distances, fuzz);
+    sides.sort_unstable_by(f32::total_cmp);
+    sides[2] >= PLAIN_BORDER && sides[1] >= PLAIN_SIDE_TOUCHED
 }
 
 /// The background colour: the per-channel median of the four corners, so one
@@ -481,9 +527,42 @@ mod tests {
 
     #[test]
     fn steps_can_be_turned_off_one_by_one() {
+        let v3 = Recipe::for_id(FMNIST_V3).unwrap();
         for step in Recipe::STEPS {
-            assert_ne!(v2().without(step), Some(v2()), "{step}");
+            assert_ne!(v3.without(step), Some(v3), "{step}");
         }
-        assert_eq!(v2().without("nothing"), None);
+        assert_eq!(v3.without("nothing"), None);
+        assert_eq!(v3.without("garment").and_then(|r| r.without("sides")), Some(v2()));
+    }
+
+    /// A studio shot of a model: a dark head, a blue shirt with bare arms,
+    /// jeans cut by the bottom of the frame, on white.
+    fn model_on_white() -> RgbImage {
+        RgbImage::from_fn(120, 160, |x, y| {
+            let head = (50..70).contains(&x) && (4..30).contains(&y);
+            let shirt = (30..90).contains(&x) && (30..100).contains(&y);
+            let arms = ((20..28).contains(&x) || (92..100).contains(&x)) && (34..100).contains(&y);
+            let jeans = (36..84).contains(&x) && y >= 100;
+            match () {
+                _ if head => Rgb([40, 30, 25]),
+                _ if arms => Rgb([224, 172, 140]),
+                _ if shirt => Rgb([40, 90, 190]),
+                _ if jeans => Rgb([35, 40, 60]),
+                _ => Rgb([255, 255, 255]),
+            }
+        })
+    }
+
+    #[test]
+    fn v3_keeps_the_worn_shirt_where_v2_keeps_the_whole_person() {
+        let photo = model_on_white();
+        let v3 = Recipe::for_id(FMNIST_V3).unwrap();
+        assert_eq!(convert(&photo, &v3).object_box, [30, 30, 60, 70]);
+
+        // All four sides are not plain (the jeans run off the bottom), so v2
+        // takes the Otsu mask, which keeps the darkest part: head and jeans.
+        let v2_box = convert(&photo, &v2()).object_box;
+        assert_ne!(v2_box, [30, 30, 60, 70]);
+        assert_eq!(convert(&photo, &v3.without("garment").unwrap()).object_box, [20, 4, 80, 156]);
     }
 }

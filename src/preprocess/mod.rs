@@ -7,23 +7,25 @@
 //!   EXIF orientation and flattens transparency onto white.
 //! - [`fmnist`] converts the photo the way Fashion-MNIST itself was made
 //!   (trim to the object, longest edge to 28, sharpen, pad, negate, gray),
-//!   with [`segment`] separating the object from floors and beds.
+//!   with [`segment`] separating the object from floors and beds and
+//!   [`garment`] separating a worn garment from the person wearing it.
 //!
 //! Every failure is an [`ImageError`] with a stable code, so a bad file ends
 //! as a `failed` row that says what is wrong, and never stops the daemon.
 
 pub mod decode;
 pub mod fmnist;
+pub mod garment;
 pub mod segment;
 
 use std::path::Path;
 
 pub use decode::{Decoded, Limits};
-pub use fmnist::{Converted, FMNIST_V1, FMNIST_V2, INPUT_EDGE, INPUT_PIXELS, Recipe};
+pub use fmnist::{Converted, FMNIST_V1, FMNIST_V2, FMNIST_V3, INPUT_EDGE, INPUT_PIXELS, Recipe};
 
 /// Preprocessing identifiers this build implements. A model manifest must
 /// name one of them.
-pub const KNOWN_PREPROCESSING: &[&str] = &[FMNIST_V1, FMNIST_V2];
+pub const KNOWN_PREPROCESSING: &[&str] = &[FMNIST_V1, FMNIST_V2, FMNIST_V3];
 
 /// Why an image could not be turned into model input. `code()` is stored in
 /// the catalogue and is stable across releases.

@@ -61,6 +61,26 @@ pub fn plain_border_share(width: u32, height: u32, distances: &[u16], fuzz: u16)
     plain as f32 / total.max(1) as f32
 }
 
+/// The same share for each side's band on its own (top, bottom, left,
+/// right), so a photo whose object runs off one edge (a model cut at the
+/// thighs) can still be told to stand on a plain backdrop.
+pub fn plain_side_shares(width: u32, height: u32, distances: &[u16], fuzz: u16) -> [f32; 4] {
+    let band = ((width.min(height) as f32 * BORDER_SHARE) as u32).max(1);
+    let mut plain = [0u32; 4];
+    let mut total = [0u32; 4];
+    for (index, &d) in distances.iter().enumerate() {
+        let (x, y) = (index as u32 % width, index as u32 / width);
+        let sides = [y < band, y >= height - band, x < band, x >= width - band];
+        for (side, on) in sides.into_iter().enumerate() {
+            if on {
+                total[side] += 1;
+                plain[side] += u32::from(d <= fuzz);
+            }
+        }
+    }
+    std::array::from_fn(|side| plain[side] as f32 / total[side].max(1) as f32)
+}
+
 /// Colour distance of every pixel from the background, as 0..=441.
 pub fn distances(rgb: &RgbImage, background: [u8; 3]) -> Vec<u16> {
     rgb.pixels()
@@ -152,7 +172,7 @@ fn keep_large_regions(width: u32, height: u32, mask: &[bool]) -> Vec<bool> {
 /// Background pixels that cannot reach the frame's edge through other
 /// background pixels are holes in the object (a logo, a shadow on the
 /// cloth): they become object.
-fn fill_holes(width: u32, height: u32, mask: &[bool]) -> Vec<bool> {
+pub(super) fn fill_holes(width: u32, height: u32, mask: &[bool]) -> Vec<bool> {
     let (w, h) = (width as usize, height as usize);
     let mut outside = vec![false; mask.len()];
     let mut stack: Vec<usize> = (0..w)
@@ -175,7 +195,7 @@ fn fill_holes(width: u32, height: u32, mask: &[bool]) -> Vec<bool> {
 }
 
 /// The 4-connected neighbours of pixel `at` in a `w` x `h` raster.
-fn neighbours(at: usize, w: usize, h: usize) -> impl Iterator<Item = usize> {
+pub(super) fn neighbours(at: usize, w: usize, h: usize) -> impl Iterator<Item = usize> {
     let (x, y) = (at % w, at / w);
     [
         (x > 0).then(|| at - 1),

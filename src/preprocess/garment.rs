@@ -1,0 +1,350 @@
+//! Finding the garment on a person in a studio shot.
+//!
+//! Shops photograph most clothes worn: a model from the head to the thighs
+//! on a white backdrop, the frame cutting through the legs. Trimmed to the
+//! object, that photo is a person (hair, face, arms, the garment, jeans), a
+//! shape Fashion-MNIST never shows: its garments were photographed alone.
+//! Here the garment is separated from the person by colour. It covers the
+//! middle of the figure, so its colour is read there, and the garment is
+//! the connected region of that colour around it, with the holes its prints
+//! and folds leave filled. Skin, hair and the other garment differ in colour
+//! and fall away.
+//!
+//! It only runs where a worn garment is likely (see [`worn_garment`]) and
+//! gives up, leaving the whole figure, when the middle of the figure is not
+//! one colour it can follow (a white shirt on a white backdrop, say).
+
+use image::{GrayImage, Luma, RgbImage};
+
+use super::segment;
+
+/// The figure must be at least this much taller than wide: a person from the
+/// head to the thighs is about twice as tall as wide, a shoe or a bag is not.
+const MIN_FIGURE_ASPECT: f32 = 1.3;
+
+/// The window the garment's colour is read from, as shares of the figure's
+/// box: the middle columns, between the shoulders and the waist.
+const SEED_COLUMNS: (f32, f32) = (0.3, 0.7);
+const SEED_ROWS: (f32, f32) = (0.25, 0.55);
+
+/// At least this share of the seed window must be object, else the garment
+/// is too close to the backdrop to follow by colour.
+const MIN_SEED_COVER: f32 = 0.5;
+
+/// How far in colour (see [`colour_distance`]) a pixel may be from the
+/// garment's colour and still be garment: enough for folds and shading,
+/// not enough to run from a shirt into the jeans below it.
+const TOLERANCE: f32 = 40.0;
+
+/// At most this many pixels of the seed window are compared with each other
+/// to find its commonest colour.
+const SEED_SAMPLES: usize = 400;
+
+/// The garment must keep this share of the figure's height and area, else
+/// the colour rule found a patch, not a garment.
+const MIN_HEIGHT_SHARE: f32 = 0.3;
+const MIN_AREA_SHARE: f32 = 0.2;
+
+/// The garment's mask (255 inside) when `object_box`, on a plain backdrop,
+/// looks like a person cut by the bottom of the frame and the middle of the
+/// figure is one colour to follow. `distances` are from the backdrop's
+/// colour; `fuzz` is the distance at which a pixel stops being backdrop.
+pub fn worn_garment(
+    rgb: &RgbImage,
+    distances: &[u16],
+    object_box: [u32; 4],
+    fuzz: u16,
+) -> Option<GrayImage> {
+    let (width, height) = rgb.dimensions();
+    let [bx, by, bw, bh] = object_box;
+    let cut_by_bottom = by + bh == height;
+    if !cut_by_bottom || (bh as f32) < MIN_FIGURE_ASPECT * bw as f32 {
+        return None;
+    }
+
+    let object = |x: u32, y: u32| distances[(y * width + x) as usize] > fuzz;
+    let seed = seed_colour(rgb, object_box, &object)?;
+    // Skin is never the garment, unless the garment itself is skin-coloured.
+    let skin_is_garment = is_skin_ycc(seed);
+
+    let candidate: Vec<bool> = rgb
+        .enumerate_pixels()
+        .map(|(x, y, pixel)| {
+            let inside = (bx..bx + bw).contains(&x) && (by..by + bh).contains(&y);
+            inside
+                && object(x, y)
+                && colour_distance(&ycc(pixel.0), &seed) <= TOLERANCE
+                && (skin_is_garment || !is_skin(pixel.0))
+        })
+        .collect();
+    // Opening first cuts the thin bridges (a neck, a strap, a seam of
+    // blurred colour) through which the garment would leak into the person.
+    let candidate = open(width, height, &candidate);
+    let garment = seeded_region(width, height, &candidate, seed_window(object_box));
+    let garment = segment::fill_holes(width, height, &close(width, height, &garment));
+
+    plausible(&garment, width, object_box, distances, fuzz).then(|| {
+        GrayImage::from_fn(width, height, |x, y| {
+            Luma([if garment[(y * width + x) as usize] { 255 } else { 0 }])
+        })
+    })
+}
+
+/// The seed window in image coordinates: x0, y0, x1, y1 (exclusive).
+fn seed_window([bx, by, bw, bh]: [u32; 4]) -> [u32; 4] {
+    let at = |start: u32, length: u32, share: f32| start + (length as f32 * share) as u32;
+    let x0 = at(bx, bw, SEED_COLUMNS.0);
+    let y0 = at(by, bh, SEED_ROWS.0);
+    let x1 = at(bx, bw, SEED_COLUMNS.1).max(x0 + 1);
+    let y1 = at(by, bh, SEED_ROWS.1).max(y0 + 1);
+    [x0, y0, x1, y1]
+}
+
+/// The garment's colour: the commonest colour among the object pixels of
+/// the seed window (the one with the most pixels within half the tolerance
+/// of it), skin left out unless most of the window is skin-coloured. `None`
+/// when too little of the window is object.
+fn seed_colour(
+    rgb: &RgbImage,
+    object_box: [u32; 4],
+    object: &impl Fn(u32, u32) -> bool,
+) -> Option<[f32; 3]> {
+    let [x0, y0, x1, y1] = seed_window(object_box);
+    let pixels: Vec<[u8; 3]> = (y0..y1)
+        .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+        .filter(|&(x, y)| object(x, y))
+        .map(|(x, y)| rgb.get_pixel(x, y).0)
+        .collect();
+    let window = ((x1 - x0) * (y1 - y0)) as f32;
+    if (pixels.len() as f32) < MIN_SEED_COVER * window {
+        return None;
+    }
+
+    let not_skin: Vec<[f32; 3]> =
+        pixels.iter().filter(|&&pixel| !is_skin(pixel)).map(|&pixel| ycc(pixel)).collect();
+    let colours = if not_skin.len() * 2 >= pixels.len() {
+        not_skin
+    } else {
+        pixels.iter().map(|&pixel| ycc(pixel)).collect()
+    };
+
+    let step = colours.len().div_ceil(SEED_SAMPLES);
+    let near =
+        |a: [f32; 3]| colours.iter().filter(move |b| colour_distance(&a, b) <= TOLERANCE / 2.0);
+    let densest = colours.iter().step_by(step).max_by_key(|&&candidate| near(candidate).count())?;
+    let (sum, count) = near(*densest).fold(([0.0f32; 3], 0.0f32), |(sum, n), colour| {
+        (std::array::from_fn(|c| sum[c] + colour[c]), n + 1.0)
+    });
+    Some(sum.map(|total| total / count))
+}
+
+/// The classic skin-tone box in YCbCr (Chai and Ngan, 1999): it holds faces,
+/// necks and arms across skin tones under studio light.
+fn is_skin(pixel: [u8; 3]) -> bool {
+    is_skin_ycc(ycc(pixel))
+}
+
+fn is_skin_ycc([_, cb, cr]: [f32; 3]) -> bool {
+    (77.0..=127.0).contains(&cb) && (133.0..=173.0).contains(&cr)
+}
+
+/// BT.601 luma and chroma, 0..=255 each.
+fn ycc([r, g, b]: [u8; 3]) -> [f32; 3] {
+    let (r, g, b) = (f32::from(r), f32::from(g), f32::from(b));
+    [
+        0.299 * r + 0.587 * g + 0.114 * b,
+        128.0 - 0.168_736 * r - 0.331_264 * g + 0.5 * b,
+        128.0 + 0.5 * r - 0.418_688 * g - 0.081_312 * b,
+    ]
+}
+
+/// Distance between two YCbCr colours with luma at half weight: a fold or
+/// a shadow changes how light the cloth is far more than its hue.
+fn colour_distance(a: &[f32; 3], b: &[f32; 3]) -> f32 {
+    let luma = 0.5 * (a[0] - b[0]);
+    (luma * luma + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
+}
+
+/// The 4-connected regions of `mask` that reach into the seed window.
+fn seeded_region(width: u32, height: u32, mask: &[bool], [x0, y0, x1, y1]: [u32; 4]) -> Vec<bool> {
+    let w = width as usize;
+    let mut region = vec![false; mask.len()];
+    let mut stack: Vec<usize> = (y0..y1)
+        .flat_map(|y| (x0..x1).map(move |x| y as usize * w + x as usize))
+        .filter(|&at| mask[at])
+        .collect();
+    for &at in &stack {
+        region[at] = true;
+    }
+    while let Some(at) = stack.pop() {
+        for next in segment::neighbours(at, w, height as usize) {
+            if mask[next] && !region[next] {
+                region[next] = true;
+                stack.push(next);
+            }
+        }
+    }
+    region
+}
+
+/// Morphological closing with a 3x3 square: bridges the one-pixel gaps a
+/// stripe or a seam leaves between parts of the same garment.
+fn close(width: u32, height: u32, mask: &[bool]) -> Vec<bool> {
+    let dilated = square_filter(width, height, mask, true);
+    square_filter(width, height, &dilated, false)
+}
+
+/// Morphological opening with a 3x3 square: removes parts thinner than
+/// three pixels.
+fn open(width: u32, height: u32, mask: &[bool]) -> Vec<bool> {
+    let eroded = square_filter(width, height, mask, false);
+    square_filter(width, height, &eroded, true)
+}
+
+/// 3x3 dilation (`any`) or erosion (not `any`); outside the frame counts as
+/// the mask's own edge pixel, so closing never eats into the frame border.
+fn square_filter(width: u32, height: u32, mask: &[bool], any: bool) -> Vec<bool> {
+    let (w, h) = (width as i64, height as i64);
+    (0..mask.len())
+        .map(|at| {
+            let (x, y) = (at as i64 % w, at as i64 / w);
+            let mut window =
+                (-1..=1).flat_map(|dy| (-1..=1).map(move |dx| (dx, dy))).map(|(dx, dy)| {
+                    let (nx, ny) = ((x + dx).clamp(0, w - 1), (y + dy).clamp(0, h - 1));
+                    mask[(ny * w + nx) as usize]
+                });
+            if any { window.any(|on| on) } else { window.all(|on| on) }
+        })
+        .collect()
+}
+
+/// A garment keeps a fair part of the figure's height and area; anything
+/// less is a patch of colour (a logo, a belt), and the figure is kept whole.
+fn plausible(
+    garment: &[bool],
+    width: u32,
+    [bx, by, bw, bh]: [u32; 4],
+    distances: &[u16],
+    fuzz: u16,
+) -> bool {
+    let (mut area, mut figure, mut top, mut bottom) = (0usize, 0usize, u32::MAX, 0);
+    for y in by..by + bh {
+        for x in bx..bx + bw {
+            let at = (y * width + x) as usize;
+            figure += usize::from(distances[at] > fuzz);
+            if garment[at] {
+                area += 1;
+                (top, bottom) = (top.min(y), bottom.max(y));
+            }
+        }
+    }
+    let tall_enough = area > 0 && (bottom + 1 - top) as f32 >= MIN_HEIGHT_SHARE * bh as f32;
+    tall_enough && area as f32 >= MIN_AREA_SHARE * figure as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::Rgb;
+
+    const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
+    const SKIN: Rgb<u8> = Rgb([224, 172, 140]);
+    const HAIR: Rgb<u8> = Rgb([30, 25, 20]);
+    const SHIRT: Rgb<u8> = Rgb([40, 90, 190]);
+    const JEANS: Rgb<u8> = Rgb([35, 40, 60]);
+
+    /// A studio shot 60x80: head and neck, a blue T-shirt with bare arms,
+    /// jeans running off the bottom of the frame.
+    fn model_in_a_tshirt() -> RgbImage {
+        RgbImage::from_fn(60, 80, |x, y| {
+            let (x, y) = (x as i32, y as i32);
+            let hair = (24..36).contains(&x) && (2..6).contains(&y);
+            let face = (25..35).contains(&x) && (6..14).contains(&y);
+            let neck = (27..33).contains(&x) && (14..17).contains(&y);
+            let shirt = (16..44).contains(&x) && (17..50).contains(&y);
+            let sleeves = (10..50).contains(&x) && (17..28).contains(&y);
+            let arms = ((8..13).contains(&x) || (47..52).contains(&x)) && (28..52).contains(&y);
+            let jeans = (18..42).contains(&x) && (50..80).contains(&y);
+            match () {
+                _ if hair => HAIR,
+                _ if face || neck || arms => SKIN,
+                _ if shirt || sleeves => SHIRT,
+                _ if jeans => JEANS,
+                _ => WHITE,
+            }
+        })
+    }
+
+    fn figure_box(rgb: &RgbImage) -> ([u32; 4], Vec<u16>) {
+        let distances = segment::distances(rgb, [255, 255, 255]);
+        let mask = GrayImage::from_fn(rgb.width(), rgb.height(), |x, y| {
+            Luma([if distances[(y * rgb.width() + x) as usize] > 22 { 255 } else { 0 }])
+        });
+        (segment::mask_box(&mask).unwrap(), distances)
+    }
+
+    #[test]
+    fn the_tshirt_is_separated_from_the_person_wearing_it() {
+        let photo = model_in_a_tshirt();
+        let (figure, distances) = figure_box(&photo);
+        assert_eq!(figure, [8, 2, 44, 78]);
+
+        let garment = worn_garment(&photo, &distances, figure, 22).expect("a worn garment");
+        assert_eq!(segment::mask_box(&garment), Some([10, 17, 40, 33]), "sleeves to hem");
+        assert_eq!(garment.get_pixel(30, 8)[0], 0, "the face is not the garment");
+        assert_eq!(garment.get_pixel(10, 40)[0], 0, "nor the arms");
+        assert_eq!(garment.get_pixel(30, 70)[0], 0, "nor the jeans");
+    }
+
+    #[test]
+    fn a_print_on_the_chest_stays_part_of_the_garment() {
+        let mut photo = model_in_a_tshirt();
+        for y in 30..40 {
+            for x in 24..36 {
+                photo.put_pixel(x, y, Rgb([250, 200, 0]));
+            }
+        }
+        let (figure, distances) = figure_box(&photo);
+        let garment = worn_garment(&photo, &distances, figure, 22).expect("a worn garment");
+        assert_eq!(garment.get_pixel(30, 35)[0], 255, "the print is a hole, filled");
+    }
+
+    #[test]
+    fn a_shoe_or_a_figure_inside_the_frame_is_left_alone() {
+        // The same person, with the frame extended below the jeans.
+        let person = model_in_a_tshirt();
+        let whole =
+            RgbImage::from_fn(60, 90, |x, y| if y < 80 { *person.get_pixel(x, y) } else { WHITE });
+        let (figure, distances) = figure_box(&whole);
+        assert_eq!(worn_garment(&whole, &distances, figure, 22), None);
+
+        // A wide shape cut by the bottom edge: not a person.
+        let wide =
+            RgbImage::from_fn(
+                80,
+                60,
+                |x, y| {
+                    if (10..70).contains(&x) && y >= 30 { SHIRT } else { WHITE }
+                },
+            );
+        let (figure, distances) = figure_box(&wide);
+        assert_eq!(worn_garment(&wide, &distances, figure, 22), None);
+    }
+
+    #[test]
+    fn a_white_shirt_on_white_is_not_followed() {
+        let photo = RgbImage::from_fn(60, 80, |x, y| {
+            let shirt = (16..44).contains(&x) && (17..50).contains(&y);
+            let jeans = (18..42).contains(&x) && y >= 50;
+            let head = (25..35).contains(&x) && (2..17).contains(&y);
+            match () {
+                _ if head => HAIR,
+                _ if shirt => Rgb([250, 250, 250]),
+                _ if jeans => JEANS,
+                _ => WHITE,
+            }
+        });
+        let (figure, distances) = figure_box(&photo);
+        assert_eq!(worn_garment(&photo, &distances, figure, 22), None);
+    }
+}
