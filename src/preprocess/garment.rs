@@ -36,9 +36,11 @@ const MIN_SEED_COVER: f32 = 0.5;
 /// not enough to run from a shirt into the jeans below it.
 const TOLERANCE: f32 = 40.0;
 
-/// At most this many pixels of the seed window are compared with each other
-/// to find its commonest colour.
-const SEED_SAMPLES: usize = 400;
+/// The seed window's commonest colour is found among at most this many of
+/// its pixels (evenly spaced), each candidate compared with all of them:
+/// a few milliseconds however large the photo.
+const SEED_PIXELS: usize = 2000;
+const SEED_CANDIDATES: usize = 400;
 
 /// The garment must keep this share of the figure's height and area, else
 /// the colour rule found a patch, not a garment.
@@ -120,6 +122,8 @@ fn seed_colour(
         return None;
     }
 
+    let every = pixels.len().div_ceil(SEED_PIXELS);
+    let pixels: Vec<[u8; 3]> = pixels.into_iter().step_by(every).collect();
     let not_skin: Vec<[f32; 3]> =
         pixels.iter().filter(|&&pixel| !is_skin(pixel)).map(|&pixel| ycc(pixel)).collect();
     let colours = if not_skin.len() * 2 >= pixels.len() {
@@ -128,7 +132,7 @@ fn seed_colour(
         pixels.iter().map(|&pixel| ycc(pixel)).collect()
     };
 
-    let step = colours.len().div_ceil(SEED_SAMPLES);
+    let step = colours.len().div_ceil(SEED_CANDIDATES);
     let near =
         |a: [f32; 3]| colours.iter().filter(move |b| colour_distance(&a, b) <= TOLERANCE / 2.0);
     let densest = colours.iter().step_by(step).max_by_key(|&&candidate| near(candidate).count())?;
