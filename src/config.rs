@@ -125,7 +125,9 @@ pub struct ReviewSettings {
     pub min_margin: Option<f32>,
     /// Per-class `min_confidence` by label name, over the manifest's.
     pub min_confidence_per_class: std::collections::BTreeMap<String, f32>,
-    /// Flag `tiny_image` when the photo's shorter edge is below this.
+    /// Flag `tiny_image` when the photo's shorter edge is below this: a
+    /// little more than the model's 28 pixels, so that the trimmed object
+    /// would have to be enlarged rather than reduced.
     pub tiny_image_edge_px: u32,
     /// Flag `low_contrast` when the object differs from the background by
     /// less than this share of full intensity (white items on white).
@@ -138,7 +140,7 @@ impl Default for ReviewSettings {
             min_confidence: None,
             min_margin: None,
             min_confidence_per_class: Default::default(),
-            tiny_image_edge_px: 64,
+            tiny_image_edge_px: 32,
             min_object_contrast: 0.12,
         }
     }

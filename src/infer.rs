@@ -394,6 +394,16 @@ mod tests {
     }
 
     #[test]
+    fn a_shop_thumbnail_is_not_tiny_by_default_but_a_favicon_is() {
+        let model = model_with_review(&[]);
+        let policy = ReviewPolicy::resolve(&model, &ReviewSettings::default()).unwrap();
+        let review = |signs| decide(&[0.0, 5.0, 0.0], &model, &policy, signs).review_reason;
+
+        assert_eq!(review(photo(60, 80)), None);
+        assert_eq!(review(photo(16, 16)).as_deref(), Some("tiny_image"));
+    }
+
+    #[test]
     fn a_per_class_threshold_replaces_the_global_one_for_that_class() {
         // Sneaker at 0.87: above the global 0.6, below Sneaker's own 0.9.
         let strict = model_with_review(&[("Sneaker", 0.9)]);

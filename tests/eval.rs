@@ -137,3 +137,31 @@ fn a_missing_file_and_a_bad_label_row_are_clear_errors() {
     let error = String::from_utf8_lossy(&output.stderr);
     assert!(error.contains("line 5 (dress.jpg)") && error.contains("\"Hat\""), "{error}");
 }
+
+#[test]
+fn steps_can_be_turned_off_or_on_and_an_unknown_step_is_named() {
+    let sandbox = Sandbox::new();
+    labelled_folder(&sandbox.inbox);
+    let photos_measured = |flag: &str, step: &str| {
+        let output = tagd("sqlite://unused.db")
+            .args(["eval", "--json", flag, step])
+            .arg(&sandbox.inbox)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let document: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        document["report"]["photos"].as_u64().unwrap()
+    };
+    assert_eq!(photos_measured("--without", "mask"), 6);
+    assert_eq!(photos_measured("--with", "sharpen"), 6);
+
+    let output =
+        tagd("sqlite://unused.db").args(["eval", "--with", "glow"]).arg(&sandbox.inbox).output();
+    let output = output.unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        error.contains("no preprocessing step \"glow\"") && error.contains("garment"),
+        "{error}"
+    );
+}

@@ -22,6 +22,12 @@ pub struct Outputs<'a> {
     pub progress: bool,
     /// A preprocessing step to turn off, for ablation.
     pub without: Option<&'a str>,
+    /// A preprocessing step to turn on that the model's recipe leaves out.
+    pub with: Option<&'a str>,
+}
+
+fn unknown_step(step: &str) -> String {
+    format!("no preprocessing step {step:?}; the steps are {}", Recipe::STEPS.join(", "))
 }
 
 pub fn eval(settings: &Settings, dir: &Path, outputs: Outputs) -> anyhow::Result<ExitCode> {
@@ -29,11 +35,10 @@ pub fn eval(settings: &Settings, dir: &Path, outputs: Outputs) -> anyhow::Result
     let labels = classifier.model().manifest.labels.clone();
     let photos = evaluate::read_labels(dir, &labels)?;
     let limits = app::limits(settings);
-    let recipe = match outputs.without {
-        None => classifier.recipe(),
-        Some(step) => classifier.recipe().without(step).with_context(|| {
-            format!("--without {step}: the steps are {}", Recipe::STEPS.join(", "))
-        })?,
+    let recipe = match (outputs.without, outputs.with) {
+        (Some(step), _) => classifier.recipe().without(step).with_context(|| unknown_step(step))?,
+        (None, Some(step)) => classifier.recipe().with(step).with_context(|| unknown_step(step))?,
+        (None, None) => classifier.recipe(),
     };
 
     let bar = progress_bar(outputs.progress && std::io::stderr().is_terminal(), photos.len());

@@ -102,10 +102,14 @@ enum Command {
         /// No progress bar
         #[arg(long)]
         no_progress: bool,
-        /// Turn one preprocessing step off, to measure what it buys:
-        /// border, mask, blank, area or sharpen
-        #[arg(long, value_name = "STEP")]
+        /// Turn one preprocessing step off, to measure what it buys: border,
+        /// mask, plain, sides, garment, blank, area or sharpen
+        #[arg(long, value_name = "STEP", conflicts_with = "with")]
         without: Option<String>,
+        /// Turn on one preprocessing step the model's recipe leaves out, to
+        /// measure what it would do (same step names)
+        #[arg(long, value_name = "STEP")]
+        with: Option<String>,
     },
     /// List the review queue, or record a person's decision
     Review {
@@ -148,7 +152,7 @@ pub fn main() -> ExitCode {
         Command::Convert { inputs, out, preprocessing } => {
             convert::convert(&loaded.settings, &inputs, &out, &preprocessing)
         }
-        Command::Eval { folder, json, explain, sheet, no_progress, without } => eval::eval(
+        Command::Eval { folder, json, explain, sheet, no_progress, without, with } => eval::eval(
             &loaded.settings,
             &folder,
             eval::Outputs {
@@ -157,6 +161,7 @@ pub fn main() -> ExitCode {
                 sheet: sheet.as_deref(),
                 progress: !no_progress,
                 without: without.as_deref(),
+                with: with.as_deref(),
             },
         ),
         Command::Classify { files, explain, json } => {
