@@ -1,5 +1,5 @@
 """Make clean Fashion-MNIST images look like real photos after the daemon's
-fmnist-v2 conversion, and the light augmentation used on real photos.
+fmnist-v2 and -v3 conversions, and the light augmentation used on real photos.
 
 What the conversion does to a phone photo, and what is imitated here, on
 [B, 1, 28, 28] tensors in [0, 1] (garment bright on black):

@@ -17,7 +17,14 @@ import tempfile
 
 from fmnist import real
 
-STEPS = ["border", "mask", "plain", "blank", "area", "sharpen"]
+# Per conversion, the steps it takes (each turned off in the ablation) and
+# the steps it leaves out (each turned on), as `tagd eval --without/--with`
+# names them; src/preprocess/fmnist.rs has the recipes.
+ABLATION = {
+    "fmnist-v1": (["area", "sharpen"], ["border", "mask", "blank"]),
+    "fmnist-v2": (["border", "mask", "plain", "blank", "area", "sharpen"], ["sides", "garment"]),
+    "fmnist-v3": (["border", "mask", "plain", "sides", "garment", "blank", "area"], ["sharpen"]),
+}
 # The shorter-edge limit under which the daemon flags `tiny_image`; a
 # setting of the daemon, not of the model.
 TINY = "tiny_image"
@@ -27,7 +34,7 @@ class TagdError(RuntimeError):
     pass
 
 
-def tagd_eval(tagd, onnxruntime, model_dir, photos_dir, without=None, sheet=None, cwd=None):
+def tagd_eval(tagd, onnxruntime, model_dir, photos_dir, without=None, with_=None, sheet=None, cwd=None):
     """`tagd eval --json` on one folder; `photos_dir` may be relative to `cwd`
     (the contact sheet's title names the folder as given)."""
     tagd, model_dir, onnxruntime = (os.path.abspath(p) for p in (tagd, model_dir, onnxruntime))
@@ -35,6 +42,8 @@ def tagd_eval(tagd, onnxruntime, model_dir, photos_dir, without=None, sheet=None
            "--no-progress"]
     if without:
         cmd += ["--without", without]
+    if with_:
+        cmd += ["--with", with_]
     if sheet:
         cmd += ["--sheet", os.path.abspath(sheet)]
     # An empty config file: the daemon's built-in defaults, whatever /etc holds.
@@ -109,9 +118,10 @@ def subset_folder(src_dir, labels_csv, keep, dst_dir):
 
 
 def measure(tagd, onnxruntime, models, sets, labels, shipped, ablate=("product", "wild"), sheet=None,
-            log=print):
+            preprocessing="fmnist-v3", log=print):
     """Every model on every set; the shipped model once more per set in
-    `ablate` with each preprocessing step off; and the contact sheet.
+    `ablate` with each step of its `preprocessing` turned off and each step
+    it leaves out turned on; and the contact sheet.
 
     models: {name: model folder}; sets: {name: photo folder}; shipped: the
     name in `models` that ships; sheet: (set folder, keep(row), png path,
@@ -131,9 +141,12 @@ def measure(tagd, onnxruntime, models, sets, labels, shipped, ablate=("product",
             continue
         out["ablation"][s] = {"all steps": {k: out["models"][shipped][s][k]
                                             for k in ("accuracy", "footwear_called_bag_rate")}}
-        for step in STEPS:
-            res = summarise(tagd_eval(tagd, onnxruntime, models[shipped], sets[s], without=step), labels)
-            out["ablation"][s][f"without {step}"] = {k: res[k] for k in ("accuracy", "footwear_called_bag_rate")}
+        steps_on, steps_off = ABLATION[preprocessing]
+        for flag, steps in (("without", steps_on), ("with", steps_off)):
+            for step in steps:
+                toggle = {"without": step} if flag == "without" else {"with_": step}
+                res = summarise(tagd_eval(tagd, onnxruntime, models[shipped], sets[s], **toggle), labels)
+                out["ablation"][s][f"{flag} {step}"] = {k: res[k] for k in ("accuracy", "footwear_called_bag_rate")}
     if sheet:
         src, keep, png, name = sheet
         with tempfile.TemporaryDirectory() as tmp:

@@ -5,12 +5,14 @@ STEP_NAMES = {
     "border": "background from the whole border (off: the four corners)",
     "mask": "Otsu object mask (off: keep everything that differs from the background)",
     "plain": "the paper's trim on a plain studio backdrop (off: the mask there too)",
+    "sides": "a backdrop plain on three sides counts as plain (off: all four sides must be)",
+    "garment": "a worn garment cut out of the model wearing it (off: the whole figure)",
     "blank": "background blanked to black",
     "area": "area-averaging resize",
-    "sharpen": "3x3 unsharp mask",
+    "sharpen": "the paper's 3x3 unsharp mask",
 }
 SET_NAMES = {"product": "product (shop photos)", "wild": "wild (phone photos)", "dev": "clothing-train dev split"}
-COLUMNS = [("before-v1", "before, fmnist-v1"), ("before-v2", "before, fmnist-v2"),
+COLUMNS = [("before-v1", "before, fmnist-v1"), ("before-v2", "before, fmnist-v2"), ("before-v3", "before, fmnist-v3"),
            ("control", "Fashion-MNIST-only fine-tuning"), ("ships", "**ships**")]
 
 
@@ -73,7 +75,9 @@ def section(m):
       f"The photos are not in the repository; `make -C training train REAL=DIR` converts them.")
     w("")
     w(f"Fine-tuning ({info['steps']} steps from the first-stage weights, {ft['wall_s'] / 60:.1f} min): each "
-      f"batch holds {a['ft_fmnist']} Fashion-MNIST images, with the first stage's augmentation, Bag drawn "
+      f"batch holds {a['ft_fmnist']} Fashion-MNIST images, with the first stage's augmentation"
+      + (f" at {a['ft_fmnist_strength']:g} of its strength" if a.get("ft_fmnist_strength", 1.0) != 1.0 else "")
+      + f", Bag drawn "
       f"{a['ft_bag_boost']:g} times as often as another class, and {a['ft_real']} real photos, each label cell "
       f"drawn equally often, lightly augmented (mirror, shift up to 2 px, scale 0.9-1.1, rotation up to 5 "
       f"degrees, intensity 0.8-1.2). "
@@ -92,7 +96,11 @@ def section(m):
       f"evaluation points (every {a['ft_eval_every']} steps) whose Bag recall on photo-like validation bags "
       f"stayed within {a['ft_bag_guard']:.0%} of the first stage's (photo-like bags stand in for photographed "
       f"ones, which the real photos lack; {pct(info['start_eval'].get('photo_bag_recall'))} before, "
-      f"{pct(info['best_eval'].get('photo_bag_recall'))} at the step kept). The control, "
+      f"{pct(info['best_eval'].get('photo_bag_recall'))} at the step kept)"
+      + (f" and whose Fashion-MNIST validation accuracy stayed within {100 * a['ft_fmnist_guard']:.1f} points of "
+         f"the first stage's ({pct(info['start_eval']['val_acc'])} before, {pct(info['best_eval']['val_acc'])} "
+         f"at the step kept)" if a.get("ft_fmnist_guard", 1.0) < 1.0 else "")
+      + ". The control, "
       f"\"Fashion-MNIST-only fine-tuning\", runs the same steps without the real photos and keeps its best "
       f"step by validation accuracy alone"
       + ((" (step 0: by validation accuracy, the extra training does not beat the first stage, so the control "
@@ -142,16 +150,15 @@ def section(m):
                                                   f"({r['footwear_called_bag']} of {r['footwear_photos']})"),
                 ("flagged", lambda r: pct(r["flagged_share"])),
                 ("accuracy, unflagged", lambda r: pct(r["unflagged_accuracy"])),
-                ("flagged, `tiny_image` aside", lambda r: pct(r["flagged_share_without_tiny"])),
-                ("accuracy, unflagged, `tiny_image` aside", lambda r: pct(r["unflagged_accuracy_without_tiny"]))]
+                ("flagged `tiny_image`", lambda r: pct(max(0.0, r["flagged_share"] - r["flagged_share_without_tiny"])))]
         for i, (fig, fn) in enumerate(rows):
             label = f"{SET_NAMES[s]}, {n}" if i == 0 else ""
             w(f"| {label} | {fig} | " + " | ".join(fn(t["models"][k][s]) for k, _ in cols) + " |")
     w("")
-    w("`tiny_image` is the daemon's photo-size rule (shorter edge under `review.tiny_image_edge_px`, 64 px by "
-      "default), not a model threshold: it flags every 60x80 photo of the product set. The rows \"`tiny_image` "
-      "aside\" count a photo as flagged only for the model's own reasons and the conversion's "
-      "(`low_confidence`, `small_margin`, `no_object`, `low_contrast`).")
+    w("`tiny_image` is the daemon's photo-size rule (shorter edge under `review.tiny_image_edge_px`, 32 px by "
+      "default), not a model threshold; the row \"flagged `tiny_image`\" is the share it flags that the model's "
+      "and the conversion's own reasons (`low_confidence`, `small_margin`, `no_object`, `low_contrast`) "
+      "would not. Up to version 2 the default was 64 px, which flagged every 60x80 shop photo.")
     w("")
     w("### Per class, measured by `tagd eval`")
     w("")
@@ -168,14 +175,15 @@ def section(m):
                 pct(t["models"][k][s]["per_class"][cls]["accuracy"]) for k, _ in cols) + " |")
         w("")
     if t.get("ablation"):
-        w("### Ablation: each conversion step turned off (`tagd eval --without STEP`, the model that ships)")
+        w("### Ablation: each conversion step turned off (`tagd eval --without STEP`) or, for a step the "
+          "conversion leaves out, on (`--with STEP`), with the model that ships")
         w("")
         abl_sets = list(t["ablation"])
         w("| conversion | " + " | ".join(f"{s} accuracy | {s} footwear called Bag" for s in abl_sets) + " |")
         w("|---|" + "---|---|" * len(abl_sets))
         for row in t["ablation"][abl_sets[0]]:
-            step = row.replace("without ", "")
-            name = "all steps" if row == "all steps" else f"without {STEP_NAMES.get(step, step)}"
+            flag, _, step = row.partition(" ")
+            name = "all steps" if row == "all steps" else f"{flag} {STEP_NAMES.get(step, step)}"
             w(f"| {name} | " + " | ".join(
                 f"{pct(t['ablation'][s][row]['accuracy'])} | {pct(t['ablation'][s][row]['footwear_called_bag_rate'])}"
                 for s in abl_sets) + " |")

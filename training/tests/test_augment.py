@@ -59,3 +59,14 @@ def test_probes():
     assert float(small[:, :, :3].abs().max()) == 0.0 and float(small[:, :, 25:].abs().max()) == 0.0
     for name, fn in augment.PROBES.items():
         assert fn(x).shape == x.shape, name
+
+
+def test_strength_scales_how_many_images_are_touched():
+    x = batch(n=512)
+    untouched = augment.augment(x, torch.Generator().manual_seed(4), strength=0.0)
+    torch.testing.assert_close(untouched, x)
+
+    changed = lambda y: float((y - x).abs().flatten(1).amax(1).gt(1e-6).float().mean())
+    full = changed(augment.augment(x, torch.Generator().manual_seed(4)))
+    half = changed(augment.augment(x, torch.Generator().manual_seed(4), strength=0.5))
+    assert 0.3 < half < full < 1.0, (half, full)

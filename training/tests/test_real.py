@@ -159,3 +159,23 @@ def test_finetune_runs_and_keeps_the_best_step():
         eval_every=2, use_bf16=False, use_cl=False, gen=g, distill=0.5, ema_decay=0.9, bag_guard=1.0)
     assert info["real_passes"] == 0.0 and "dev_acc" not in info["best_eval"]
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_finetune_keeps_no_step_that_costs_fashion_mnist_more_than_the_guard():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(200) % 10
+    x = torch.rand(200, 1, 28, 28, generator=g) * 0.1
+    x[:, :, 6:22, 6:22] += (y.float() / 10).view(-1, 1, 1, 1)
+    x = x.clamp(0, 1)
+    # Real photos whose labels fight Fashion-MNIST's: fitting them costs validation accuracy.
+    acc = torch.zeros(40, 10, dtype=torch.bool)
+    acc[torch.arange(40), (y[:40] + 5) % 10] = True
+    rt = {"x": x[:40], "accept": acc, "cells": [str(int(c)) for c in acc.float().argmax(1)]}
+    torch.manual_seed(0)
+    model, info = finetune.finetune(
+        CNN(widths=(4, 8, 8), depth=1), x, y, x[:50], y[:50], rt, rt, steps=8, n_fmnist=8, n_real=24,
+        lr=1e-2, weight_decay=0.0, smoothing=0.0, bag_boost=1.0, real_weight=5.0, photo_p=0.0,
+        eval_every=2, use_bf16=False, use_cl=False, gen=g, bag_guard=1.0, fmnist_guard=0.0)
+    start = info["start_eval"]["val_acc"]
+    assert info["best_eval"]["val_acc"] >= start
+    assert any(h["val_acc"] < start for h in info["history"][1:]), "the guard had something to refuse"

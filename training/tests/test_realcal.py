@@ -67,6 +67,18 @@ def test_joint_thresholds_keep_both_budgets():
     assert mean(ch) >= mean(glob) and glob["per_class"] == {}
 
 
+def test_joint_thresholds_keep_the_fashion_mnist_floor():
+    logits, labels = synthetic(3000, scale=1.0)
+    p = calibrate.softmax(logits)
+    rl, ry = synthetic(600, scale=0.3, seed=5)      # photos: far less sure, far more often wrong
+    pr = calibrate.softmax(rl)
+    acc = realcal.as_accept(ry)
+    alone = calibrate.choose_thresholds(p, labels, 0.10)
+    ch = realcal.choose_thresholds_joint(p, labels, pr, acc, 0.10, 0.30, rounds=1, fm_slack=0.02)
+    assert ch["fmnist_val"]["errors_caught"] >= alone["errors_caught"] - 0.02 - 1e-9
+    assert ch["fmnist_floor"] == pytest.approx(alone["errors_caught"] - 0.02)
+
+
 def test_manifest_with_conversion_and_per_class_thresholds(tmp_path):
     p = tmp_path / "model.toml"
     train.write_model_toml(p, "cd" * 32, 0.8, 0.6, 0.2, "2", "fmnist-v2", {8: 0.75, 6: 0.7})

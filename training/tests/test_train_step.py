@@ -29,6 +29,21 @@ def test_training_reduces_loss_and_changes_weights():
     assert not model.training
 
 
+def test_the_weight_average_is_what_is_kept():
+    torch.manual_seed(0)
+    x, y = tiny_data()
+    model = CNN(widths=(8, 16, 16), depth=1)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model, info = train.train_model(
+        model, "cnn", x, y, x, y, epochs=3, batch=32, opt=opt, sched=None, use_aug=True, smoothing=0.0,
+        use_bf16=False, use_cl=False, gen=torch.Generator().manual_seed(0), log=None, ease_epochs=1,
+        ema_decay=0.9)
+    assert [h["aug_strength"] for h in info["history"]] == [1.0, 1.0, 0.5]
+    # The kept weights score what the log says they scored on validation.
+    acc = float((train.predict(model, train.normalise(x)).argmax(1) == y).float().mean())
+    assert abs(acc - info["best_val_acc"]) < 1e-5
+
+
 def test_model_shapes_and_counts():
     x = torch.zeros(3, 1, 28, 28)
     assert DenseNet()(x).shape == (3, 10)
