@@ -131,12 +131,17 @@ def test_photo_like_keeps_shape_range_and_is_reproducible():
         assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1 + 1e-6, fn.__name__
 
 
+def learnable_images(g, n=200):
+    """Images whose class sets the brightness of a block: learnable in a few steps."""
+    y = torch.arange(n) % 10
+    x = torch.rand(n, 1, 28, 28, generator=g) * 0.1
+    x[:, :, 6:22, 6:22] += (y.float() / 10).view(-1, 1, 1, 1)
+    return x.clamp(0, 1), y
+
+
 def test_finetune_runs_and_keeps_the_best_step():
     g = torch.Generator().manual_seed(0)
-    y = torch.arange(200) % 10
-    x = torch.rand(200, 1, 28, 28, generator=g) * 0.1
-    x[:, :, 6:22, 6:22] += (y.float() / 10).view(-1, 1, 1, 1)
-    x = x.clamp(0, 1)
+    x, y = learnable_images(g)
     acc = torch.zeros(40, 10, dtype=torch.bool)
     acc[torch.arange(40), y[:40]] = True
     acc[:20, 2] = True                                    # some set-valued labels
@@ -163,10 +168,7 @@ def test_finetune_runs_and_keeps_the_best_step():
 
 def test_finetune_keeps_no_step_that_costs_fashion_mnist_more_than_the_guard():
     g = torch.Generator().manual_seed(0)
-    y = torch.arange(200) % 10
-    x = torch.rand(200, 1, 28, 28, generator=g) * 0.1
-    x[:, :, 6:22, 6:22] += (y.float() / 10).view(-1, 1, 1, 1)
-    x = x.clamp(0, 1)
+    x, y = learnable_images(g)
     # Real photos whose labels fight Fashion-MNIST's: fitting them costs validation accuracy.
     acc = torch.zeros(40, 10, dtype=torch.bool)
     acc[torch.arange(40), (y[:40] + 5) % 10] = True
