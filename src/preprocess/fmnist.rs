@@ -32,7 +32,7 @@ pub const FMNIST_V2: &str = "fmnist-v2";
 pub const FMNIST_V3: &str = "fmnist-v3";
 
 /// Which steps a conversion takes. Each preprocessing identifier names one
-/// recipe; turning one step off is how the ablation figures are made.
+/// recipe; turning one step off (or on) is how the ablation figures are made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recipe {
     /// The background is the median of the whole border (else of the corners).
@@ -88,7 +88,7 @@ impl Recipe {
         }
     }
 
-    /// The step names `without` accepts.
+    /// The step names `without` and `with` accept.
     pub const STEPS: [&'static str; 8] =
         ["border", "mask", "plain", "sides", "garment", "blank", "area", "sharpen"];
 
