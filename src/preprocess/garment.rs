@@ -177,24 +177,8 @@ fn colour_distance(a: &[f32; 3], b: &[f32; 3]) -> f32 {
 
 /// The 4-connected regions of `mask` that reach into the seed window.
 fn seeded_region(width: u32, height: u32, mask: &[bool], [x0, y0, x1, y1]: [u32; 4]) -> Vec<bool> {
-    let w = width as usize;
-    let mut region = vec![false; mask.len()];
-    let mut stack: Vec<usize> = (y0..y1)
-        .flat_map(|y| (x0..x1).map(move |x| y as usize * w + x as usize))
-        .filter(|&at| mask[at])
-        .collect();
-    for &at in &stack {
-        region[at] = true;
-    }
-    while let Some(at) = stack.pop() {
-        for next in segment::neighbours(at, w, height as usize) {
-            if mask[next] && !region[next] {
-                region[next] = true;
-                stack.push(next);
-            }
-        }
-    }
-    region
+    let window = (y0..y1).flat_map(|y| (x0..x1).map(move |x| (y * width + x) as usize));
+    segment::flood(width, height, mask, window)
 }
 
 /// Morphological closing with a 3x3 square: bridges the one-pixel gaps a

@@ -18,11 +18,17 @@ const BORDER_SHARE: f32 = 0.03;
 /// is two regions.
 const KEEP_SHARE: f32 = 0.2;
 
+/// The border band's width: `BORDER_SHARE` of the shorter edge, at least one
+/// pixel.
+fn band_width(width: u32, height: u32) -> u32 {
+    ((width.min(height) as f32 * BORDER_SHARE) as u32).max(1)
+}
+
 /// The background colour: the per-channel median of a band along all four
 /// edges. Unlike a corner, the band outvotes an object that touches one.
 pub fn border_colour(rgb: &RgbImage) -> [u8; 3] {
     let (w, h) = rgb.dimensions();
-    let band = ((w.min(h) as f32 * BORDER_SHARE) as u32).max(1);
+    let band = band_width(w, h);
     let mut histograms = [[0u32; 256]; 3];
     for (x, y, pixel) in rgb.enumerate_pixels() {
         if x < band || y < band || x >= w - band || y >= h - band {
@@ -49,7 +55,7 @@ fn median(histogram: &[u32; 256]) -> u8 {
 /// The share of the border band within `fuzz` of the background colour: near
 /// 1 for a studio shot on a plain backdrop, far lower on a floor or a bed.
 pub fn plain_border_share(width: u32, height: u32, distances: &[u16], fuzz: u16) -> f32 {
-    let band = ((width.min(height) as f32 * BORDER_SHARE) as u32).max(1);
+    let band = band_width(width, height);
     let (mut plain, mut total) = (0u32, 0u32);
     for (index, &d) in distances.iter().enumerate() {
         let (x, y) = (index as u32 % width, index as u32 / width);
@@ -65,7 +71,7 @@ pub fn plain_border_share(width: u32, height: u32, distances: &[u16], fuzz: u16)
 /// right), so a photo whose object runs off one edge (a model cut at the
 /// thighs) can still be told to stand on a plain backdrop.
 pub fn plain_side_shares(width: u32, height: u32, distances: &[u16], fuzz: u16) -> [f32; 4] {
-    let band = ((width.min(height) as f32 * BORDER_SHARE) as u32).max(1);
+    let band = band_width(width, height);
     let mut plain = [0u32; 4];
     let mut total = [0u32; 4];
     for (index, &d) in distances.iter().enumerate() {
@@ -174,28 +180,41 @@ fn keep_large_regions(width: u32, height: u32, mask: &[bool]) -> Vec<bool> {
 /// cloth): they become object.
 pub(super) fn fill_holes(width: u32, height: u32, mask: &[bool]) -> Vec<bool> {
     let (w, h) = (width as usize, height as usize);
-    let mut outside = vec![false; mask.len()];
-    let mut stack: Vec<usize> = (0..w)
+    let background: Vec<bool> = mask.iter().map(|&on| !on).collect();
+    let frame_edge = (0..w)
         .flat_map(|x| [x, (h - 1) * w + x])
-        .chain((0..h).flat_map(|y| [y * w, y * w + w - 1]))
-        .filter(|&at| !mask[at])
-        .collect();
+        .chain((0..h).flat_map(|y| [y * w, y * w + w - 1]));
+    let outside = flood(width, height, &background, frame_edge);
+    outside.iter().map(|&out| !out).collect()
+}
+
+/// The pixels of `passable` reachable from the `seeds` that are passable,
+/// through 4-connected passable pixels.
+pub(super) fn flood(
+    width: u32,
+    height: u32,
+    passable: &[bool],
+    seeds: impl IntoIterator<Item = usize>,
+) -> Vec<bool> {
+    let (w, h) = (width as usize, height as usize);
+    let mut reached = vec![false; passable.len()];
+    let mut stack: Vec<usize> = seeds.into_iter().filter(|&at| passable[at]).collect();
     for &at in &stack {
-        outside[at] = true;
+        reached[at] = true;
     }
     while let Some(at) = stack.pop() {
         for next in neighbours(at, w, h) {
-            if !mask[next] && !outside[next] {
-                outside[next] = true;
+            if passable[next] && !reached[next] {
+                reached[next] = true;
                 stack.push(next);
             }
         }
     }
-    outside.iter().map(|&out| !out).collect()
+    reached
 }
 
 /// The 4-connected neighbours of pixel `at` in a `w` x `h` raster.
-pub(super) fn neighbours(at: usize, w: usize, h: usize) -> impl Iterator<Item = usize> {
+fn neighbours(at: usize, w: usize, h: usize) -> impl Iterator<Item = usize> {
     let (x, y) = (at % w, at / w);
     [
         (x > 0).then(|| at - 1),
