@@ -420,12 +420,9 @@ def real_photo_figures(args, rp, ft, models, results, val_logits, y_val_np, x_va
     vdir = os.path.join(run_dir, "variants")
     base_val = predict(models["base"], normalise(x_val)).numpy().astype(np.float64)
     t_b, ch_b = fit_review(base_val, y_val_np, None, None, args)
-    folders = {"before-v1": write_variant(os.path.join(vdir, "before-v1"), models["base"], t_b, ch_b, "fmnist-v1",
-                                          "before", x_check, y_check),
-               "before-v2": write_variant(os.path.join(vdir, "before-v2"), models["base"], t_b, ch_b, "fmnist-v2",
-                                          "before", x_check, y_check),
-               "before-v3": write_variant(os.path.join(vdir, "before-v3"), models["base"], t_b, ch_b, "fmnist-v3",
-                                          "before", x_check, y_check)}
+    folders = {f"before-{v}": write_variant(os.path.join(vdir, f"before-{v}"), models["base"], t_b, ch_b,
+                                            f"fmnist-{v}", "before", x_check, y_check)
+               for v in ("v1", "v2", "v3")}
     if "control" in models:
         cv = predict(models["control"], normalise(x_val)).numpy().astype(np.float64)
         cd = predict(models["control"], normalise(rp["dev"]["x"])).numpy().astype(np.float64)
