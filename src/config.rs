@@ -116,6 +116,14 @@ impl Default for ModelSettings {
 
 /// Review thresholds. Unset values come from the model's manifest, which
 /// carries thresholds chosen on its validation split.
+/// `[review.scene]`: unset values come from the manifest.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SceneReviewSettings {
+    pub min_confidence: Option<f32>,
+    pub min_margin: Option<f32>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReviewSettings {
@@ -125,6 +133,9 @@ pub struct ReviewSettings {
     pub min_margin: Option<f32>,
     /// Per-class `min_confidence` by label name, over the manifest's.
     pub min_confidence_per_class: std::collections::BTreeMap<String, f32>,
+    /// The rule for photos cut out of a scene (floors, beds, hangers) rather
+    /// than shot on a plain backdrop, over the manifest's `[review.scene]`.
+    pub scene: SceneReviewSettings,
     /// Flag `tiny_image` when the photo's shorter edge is below this: a
     /// little more than the model's 28 pixels, so that the trimmed object
     /// would have to be enlarged rather than reduced.
@@ -140,6 +151,7 @@ impl Default for ReviewSettings {
             min_confidence: None,
             min_margin: None,
             min_confidence_per_class: Default::default(),
+            scene: SceneReviewSettings::default(),
             tiny_image_edge_px: 32,
             min_object_contrast: 0.12,
         }

@@ -151,6 +151,11 @@ pub struct PhotoResult {
     pub accepted: Vec<usize>,
     pub predicted: Option<usize>,
     pub confidence: Option<f32>,
+    /// Calibrated, one per label: what a review rule is chosen from.
+    pub probabilities: Option<Vec<f32>>,
+    /// Cut out of a scene rather than shot on a plain backdrop: which
+    /// review rule applied.
+    pub scene: Option<bool>,
     pub needs_review: bool,
     pub review_reason: Option<String>,
     pub error: Option<String>,
@@ -212,6 +217,8 @@ pub fn classify_all(
                         accepted: photo.accepted.clone(),
                         predicted: Some(prediction.label_index as usize),
                         confidence: Some(prediction.confidence),
+                        probabilities: Some(prediction.probabilities),
+                        scene: Some(signs.scene),
                         needs_review: prediction.needs_review,
                         review_reason: prediction.review_reason,
                         error: None,
@@ -223,6 +230,8 @@ pub fn classify_all(
                     accepted: photo.accepted.clone(),
                     predicted: None,
                     confidence: None,
+                    probabilities: None,
+                    scene: None,
                     needs_review: true,
                     review_reason: None,
                     error: Some(format!("{}: {error}", error.code())),
@@ -386,6 +395,8 @@ mod tests {
             accepted: accepted.to_vec(),
             predicted: Some(predicted),
             confidence: Some(0.5),
+            probabilities: None,
+            scene: None,
             needs_review,
             review_reason: None,
             error: None,

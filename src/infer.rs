@@ -15,7 +15,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 
 use crate::config::ReviewSettings;
-use crate::model::ModelFolder;
+use crate::model::{ModelFolder, ReviewPair};
 use crate::preprocess::{INPUT_EDGE, INPUT_PIXELS, Prepared, Recipe};
 use crate::store::Prediction;
 
@@ -195,6 +195,9 @@ pub struct ReviewPolicy {
     pub min_margin: f32,
     /// Per label index.
     pub min_confidence_per_class: Vec<f32>,
+    /// For photos cut out of a scene; the studio rule's global pair when
+    /// neither the manifest nor the config sets one.
+    pub scene: ReviewPair,
     pub tiny_image_edge_px: u32,
     pub min_object_contrast: f32,
 }
@@ -223,10 +226,18 @@ impl ReviewPolicy {
             per_class[index] = *threshold;
         }
 
+        let scene_defaults =
+            manifest.review.scene.unwrap_or(ReviewPair { min_confidence, min_margin });
+        let scene = ReviewPair {
+            min_confidence: settings.scene.min_confidence.unwrap_or(scene_defaults.min_confidence),
+            min_margin: settings.scene.min_margin.unwrap_or(scene_defaults.min_margin),
+        };
+
         Ok(ReviewPolicy {
             min_confidence,
             min_margin,
             min_confidence_per_class: per_class,
+            scene,
             tiny_image_edge_px: settings.tiny_image_edge_px,
             min_object_contrast: settings.min_object_contrast,
         })
@@ -240,6 +251,8 @@ pub struct PhotoSigns {
     pub height: u32,
     pub object_found: bool,
     pub contrast: f32,
+    /// Cut out of a scene rather than shot on a plain backdrop.
+    pub scene: bool,
 }
 
 impl PhotoSigns {
@@ -249,6 +262,7 @@ impl PhotoSigns {
             height: prepared.height,
             object_found: prepared.converted.object_found,
             contrast: prepared.converted.contrast,
+            scene: prepared.converted.scene,
         }
     }
 }
@@ -267,11 +281,19 @@ pub fn decide(
     let confidence = probabilities[top];
     let margin = confidence - second.map_or(0.0, |i| probabilities[i]);
 
+    // Photos cut out of a scene and studio shots are different inputs with
+    // different error rates; each has its own thresholds.
+    let (min_confidence, min_margin) = if signs.scene {
+        (policy.scene.min_confidence, policy.scene.min_margin)
+    } else {
+        (policy.min_confidence_per_class[top], policy.min_margin)
+    };
+
     let mut reasons = Vec::new();
-    if confidence < policy.min_confidence_per_class[top] {
+    if confidence < min_confidence {
         reasons.push("low_confidence");
     }
-    if margin < policy.min_margin {
+    if margin < min_margin {
         reasons.push("small_margin");
     }
     if signs.width.min(signs.height) < policy.tiny_image_edge_px {
@@ -346,13 +368,14 @@ mod tests {
                 min_confidence: 0.6,
                 min_margin: 0.2,
                 min_confidence_per_class: per_class.iter().map(|&(k, v)| (k.into(), v)).collect(),
+                scene: None,
             },
         };
         ModelFolder { dir: PathBuf::new(), manifest, onnx_path: PathBuf::new() }
     }
 
     fn photo(width: u32, height: u32) -> PhotoSigns {
-        PhotoSigns { width, height, object_found: true, contrast: 0.8 }
+        PhotoSigns { width, height, object_found: true, contrast: 0.8, scene: false }
     }
 
     fn review_of(model: &ModelFolder, logits: &[f32], signs: PhotoSigns) -> Option<String> {
@@ -410,6 +433,38 @@ mod tests {
         let logits = [0.0, 2.6, 0.0];
         assert_eq!(review_of(&strict, &logits, photo(800, 600)).as_deref(), Some("low_confidence"));
         assert_eq!(review_of(&model_with_review(&[]), &logits, photo(800, 600)), None);
+    }
+
+    #[test]
+    fn a_photo_cut_out_of_a_scene_gets_the_scene_rule() {
+        // Sneaker 0.78, Sandal and Bag 0.11: sure enough for a studio shot
+        // (0.6 / 0.2), not for the stricter scene rule (0.8 / 0.2).
+        let mut model = model_with_review(&[("Sneaker", 0.5)]);
+        model.manifest.review.scene = Some(ReviewPair { min_confidence: 0.8, min_margin: 0.2 });
+        let policy = ReviewPolicy::resolve(&model, &ReviewSettings::default()).unwrap();
+        let logits = [0.0, 1.95, 0.0];
+        let review = |signs| decide(&logits, &model, &policy, signs).review_reason;
+
+        assert_eq!(review(photo(800, 600)), None, "studio shot");
+        let scene = PhotoSigns { scene: true, ..photo(800, 600) };
+        assert_eq!(
+            review(scene).as_deref(),
+            Some("low_confidence"),
+            "per-class values are studio-only"
+        );
+
+        // The config overrides the manifest's scene rule.
+        let mut settings = ReviewSettings::default();
+        settings.scene.min_confidence = Some(0.7);
+        let relaxed = ReviewPolicy::resolve(&model, &settings).unwrap();
+        assert_eq!(decide(&logits, &model, &relaxed, scene).review_reason, None);
+    }
+
+    #[test]
+    fn without_a_scene_rule_scene_photos_get_the_global_pair() {
+        let model = model_with_review(&[]);
+        let policy = ReviewPolicy::resolve(&model, &ReviewSettings::default()).unwrap();
+        assert_eq!(policy.scene, ReviewPair { min_confidence: 0.6, min_margin: 0.2 });
     }
 
     #[test]

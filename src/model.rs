@@ -62,6 +62,18 @@ pub struct ReviewDefaults {
     pub min_margin: f32,
     #[serde(default)]
     pub min_confidence_per_class: BTreeMap<String, f32>,
+    /// The rule for photos cut out of a scene (not on a plain backdrop),
+    /// chosen on such photos; without it they get the rule above.
+    #[serde(default)]
+    pub scene: Option<ReviewPair>,
+}
+
+/// A `min_confidence` and `min_margin` pair.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewPair {
+    pub min_confidence: f32,
+    pub min_margin: f32,
 }
 
 /// A model folder whose manifest was read and whose ONNX file matched its
@@ -129,6 +141,13 @@ impl Manifest {
             ensure!(
                 (0.0..=1.0).contains(threshold),
                 "review threshold for {label:?} is not a probability"
+            );
+        }
+        if let Some(scene) = self.review.scene {
+            ensure!(
+                (0.0..=1.0).contains(&scene.min_confidence)
+                    && (0.0..=1.0).contains(&scene.min_margin),
+                "review.scene: min_confidence and min_margin must be probabilities"
             );
         }
         Ok(())

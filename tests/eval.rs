@@ -165,3 +165,49 @@ fn steps_can_be_turned_off_or_on_and_an_unknown_step_is_named() {
         "{error}"
     );
 }
+
+#[test]
+fn phone_photos_are_judged_by_the_scene_rule_and_studio_shots_are_not() {
+    let sandbox = Sandbox::new();
+    std::fs::copy(fixture("photos/shoes.jpg"), sandbox.inbox.join("shoes.jpg")).unwrap();
+    // A dark bag-like shape on an even white backdrop: a studio shot.
+    let studio = image::RgbImage::from_fn(300, 300, |x, y| {
+        let inside = (60..240).contains(&x) && (90..250).contains(&y);
+        if inside { image::Rgb([40, 30, 30]) } else { image::Rgb([255, 255, 255]) }
+    });
+    std::fs::write(sandbox.inbox.join("studio.jpg"), encode_jpeg(&studio)).unwrap();
+    std::fs::write(
+        sandbox.inbox.join("labels.csv"),
+        "file,fmnist_labels\nshoes.jpg,5|7|9\nstudio.jpg,8\n",
+    )
+    .unwrap();
+
+    let photo = |document: &serde_json::Value, file: &str| {
+        document["photos"].as_array().unwrap().iter().find(|p| p["file"] == file).unwrap().clone()
+    };
+    let document = eval_json(&sandbox.inbox);
+    let (shoes, bag) = (photo(&document, "shoes.jpg"), photo(&document, "studio.jpg"));
+    assert_eq!(shoes["scene"], true, "a floor is not a plain backdrop");
+    assert_eq!(bag["scene"], false);
+    let total: f64 =
+        shoes["probabilities"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-4, "calibrated probabilities sum to 1, not {total}");
+
+    // A scene rule no prediction can meet flags the phone photo, one every
+    // prediction meets flags nothing there; the studio shot keeps its rule.
+    for (threshold, flagged) in [("1.0", true), ("0.0", false)] {
+        let output = tagd("sqlite://unused.db")
+            .env("TAGD__REVIEW__SCENE__MIN_CONFIDENCE", threshold)
+            .env("TAGD__REVIEW__SCENE__MIN_MARGIN", threshold)
+            .arg("eval")
+            .arg(&sandbox.inbox)
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let document: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let shoes = photo(&document, "shoes.jpg");
+        assert_eq!(shoes["needs_review"], flagged, "scene rule {threshold}: {shoes}");
+        assert_eq!(photo(&document, "studio.jpg")["review_reason"], bag["review_reason"]);
+    }
+}

@@ -36,8 +36,13 @@ fn the_shipped_model_agrees_with_its_fixtures() {
         let logits = classifier.logits(&normalise(pixels.as_raw(), mean, std)).unwrap();
 
         // Fashion-MNIST images are already converted: the photo signs are neutral.
-        let signs =
-            PhotoSigns { width: 28 * 10, height: 28 * 10, object_found: true, contrast: 1.0 };
+        let signs = PhotoSigns {
+            width: 28 * 10,
+            height: 28 * 10,
+            object_found: true,
+            contrast: 1.0,
+            scene: false,
+        };
         let prediction = infer::decide(&logits[0], classifier.model(), &policy, signs);
         assert_eq!(
             i64::from(prediction.label_index),

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fmnist import calibrate, data, export, finetune, real, realcal, realeval, report
+from fmnist import calibrate, data, export, finetune, real, realcal, realeval, report, scenereview
 from fmnist.augment import PROBES, augment
 from fmnist.model import CNN, MEAN, STD, DenseNet, count_macs, count_params, normalise
 
@@ -442,6 +442,15 @@ def real_photo_figures(args, rp, ft, models, results, val_logits, y_val_np, x_va
         realeval.subset_folder(args.real_photos, os.path.join(args.real_photos, "labels.csv"),
                                lambda r: r["file"] in dev_files, tmp)
         sets["dev"] = tmp
+        # Photos cut out of a scene get their own review rule, chosen on the
+        # dev photos as tagd sees them, before anything is measured.
+        for name in ("control", "ships"):
+            if name in folders:
+                scene = scenereview.fit(folders[name], tmp, args.tagd, args.onnxruntime, args.review_budget_real)
+                log_line(log, event="scene review", model=name, min_confidence=scene["min_confidence"],
+                         min_margin=scene["min_margin"], chosen_on_real_dev=scene["chosen_on_real_dev"])
+                if name == "ships":
+                    out["scene_review"] = scene
     sheet = None
     if "wild" in sets:
         # Only the CC0 photos (source_label `label=...`) may be drawn into a committed file.
@@ -735,6 +744,9 @@ def main(argv=None):
     if rp:
         metrics["real_photos"] = real_photo_figures(args, rp, ft, models, results, val_logits, y_val_np, x_val,
                                                     y_val, run_dir, out_dir, xn_te.numpy(), y_np, log)
+        scene = metrics["real_photos"].pop("scene_review", None)
+        if scene:
+            metrics["review"]["scene"] = scene
     report.plots(metrics, out_dir)
     metrics["timing"]["total_s"] = round(train_s + time.time() - train_done, 1)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:

@@ -152,6 +152,11 @@ pub struct Converted {
     /// How far the object stands out from the background, 0 to 1: the 98th
     /// percentile of the colour distance, over the largest possible.
     pub contrast: f32,
+    /// The photo was not on a plain backdrop, and the object was cut out of
+    /// its scene (a floor, a bed) with the mask. Such photos get the model's
+    /// scene review rule: they are a different kind of input from studio
+    /// shots, with their own error rate.
+    pub scene: bool,
 }
 
 impl Converted {
@@ -191,6 +196,7 @@ pub fn convert(rgb: &RgbImage, recipe: &Recipe) -> Converted {
     };
     let object_found = object_box.is_some();
     let object_box = object_box.unwrap_or([0, 0, width, height]);
+    let scene = mask.is_some();
 
     // A model wearing the garment: keep the garment, not the person.
     let worn = (recipe.garment && plain && object_found)
@@ -214,7 +220,7 @@ pub fn convert(rgb: &RgbImage, recipe: &Recipe) -> Converted {
     let padded = pad_centred(&sharpened, INPUT_EDGE, fill);
     let pixels = negate(padded.into_raw());
 
-    Converted { pixels, object_box, object_found, contrast }
+    Converted { pixels, object_box, object_found, contrast, scene }
 }
 
 /// A studio backdrop: the border band lies within half the trim fuzz of the

@@ -112,11 +112,11 @@ def choose_thresholds_joint(p_fm, y_fm, p_real, acc_real, max_flagged_fm=0.08, m
     candidate keeps the photos' budget as well, the photos' budget gives way
     (the one flagging the fewest photos wins), and `real_budget_met` says so.
 
-    FIXME: with model version 3 the budget does give way: catching 60% of the
+    With model version 3 the budget does give way: catching 60% of the
     Fashion-MNIST errors needs a margin threshold near 0.5, which flags about
-    41% of the dev photos (35% budget). One rule serves two kinds of input;
-    the daemon could keep a second pair for photos it converts with the
-    object mask (not a studio backdrop), chosen on the dev photos alone.
+    41% of the dev photos (35% budget). The daemon therefore judges photos
+    it cuts out of a scene by a second pair, chosen on those photos alone
+    (see `scenereview`); this rule serves studio shots.
     """
     fm_alone = max((review_stats_sets(p_fm, y_fm, c, m) for c in CONF_GRID for m in MARGIN_GRID),
                    key=lambda r: (r["flagged"] <= max_flagged_fm + 1e-12, r["errors_caught"] or 0))

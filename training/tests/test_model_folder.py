@@ -69,3 +69,9 @@ def test_manifest_agrees_with_the_metrics(manifest, metrics):
     assert manifest["calibration"]["temperature"] == pytest.approx(metrics["calibration"]["temperature"])
     assert manifest["review"]["min_confidence_per_class"] == pytest.approx(metrics["review"].get("per_class", {}))
     assert manifest["sha256"] == metrics["export"]["sha256"]
+
+
+def test_scene_rule_agrees_with_the_metrics(manifest, metrics):
+    scene = metrics["review"].get("scene")
+    assert manifest["review"].get("scene") == (None if scene is None else pytest.approx(
+        {"min_confidence": scene["min_confidence"], "min_margin": scene["min_margin"]}))
