@@ -17,7 +17,7 @@ use ort::value::TensorRef;
 use crate::config::ReviewSettings;
 use crate::model::{ModelFolder, ReviewPair};
 use crate::preprocess::{INPUT_EDGE, INPUT_PIXELS, Prepared, Recipe};
-use crate::store::Prediction;
+use crate::store::{Prediction, ReviewRule};
 
 /// The ONNX Runtime release this build is made for.
 pub const ONNXRUNTIME_VERSION: &str = "1.31.1";
@@ -283,10 +283,10 @@ pub fn decide(
 
     // Photos cut out of a scene and studio shots are different inputs with
     // different error rates; each has its own thresholds.
-    let (min_confidence, min_margin) = if signs.scene {
-        (policy.scene.min_confidence, policy.scene.min_margin)
+    let (rule, min_confidence, min_margin) = if signs.scene {
+        (ReviewRule::Scene, policy.scene.min_confidence, policy.scene.min_margin)
     } else {
-        (policy.min_confidence_per_class[top], policy.min_margin)
+        (ReviewRule::Studio, policy.min_confidence_per_class[top], policy.min_margin)
     };
 
     let mut reasons = Vec::new();
@@ -313,6 +313,7 @@ pub fn decide(
         probabilities,
         needs_review: !reasons.is_empty(),
         review_reason: (!reasons.is_empty()).then(|| reasons.join(",")),
+        review_rule: rule,
     }
 }
 
@@ -446,6 +447,9 @@ mod tests {
         let review = |signs| decide(&logits, &model, &policy, signs).review_reason;
 
         assert_eq!(review(photo(800, 600)), None, "studio shot");
+        let judged_by = |signs| decide(&logits, &model, &policy, signs).review_rule;
+        assert_eq!(judged_by(photo(800, 600)), ReviewRule::Studio);
+        assert_eq!(judged_by(PhotoSigns { scene: true, ..photo(800, 600) }), ReviewRule::Scene);
         let scene = PhotoSigns { scene: true, ..photo(800, 600) };
         assert_eq!(
             review(scene).as_deref(),

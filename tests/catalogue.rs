@@ -23,7 +23,7 @@ use sqlx::types::Json;
 use sqlx::{Connection, Executor, FromRow};
 use tagd::store::{
     self, Catalogue, Decision, FileFacts, ImageFacts, ImageId, KnownFile, ModelId, ModelRecord,
-    Outcome, Prediction, Problem, ReviewItem, StatusCounts, StoreError, StoreResult,
+    Outcome, Prediction, Problem, ReviewItem, ReviewRule, StatusCounts, StoreError, StoreResult,
 };
 use tempfile::TempDir;
 
@@ -100,6 +100,7 @@ struct PredictionRow {
     probabilities: Json<Vec<f32>>,
     needs_review: bool,
     review_reason: Option<String>,
+    review_rule: String,
     preprocessing: String,
     elapsed_ms: f64,
     reused_from: Option<i64>,
@@ -148,7 +149,8 @@ const IMAGE_SQL: &str = "
     FROM images WHERE path = $1";
 const PREDICTIONS_SQL: &str = "
     SELECT p.id, p.image_id, p.model_id, p.content_hash, p.label_index, p.label, p.confidence,
-           p.margin, p.probabilities, p.needs_review, p.review_reason, p.preprocessing,
+           p.margin, p.probabilities, p.needs_review, p.review_reason, p.review_rule,
+           p.preprocessing,
            p.elapsed_ms, p.reused_from
     FROM predictions AS p JOIN images AS i ON i.id = p.image_id
     WHERE i.path = $1 ORDER BY p.id";
@@ -265,6 +267,7 @@ fn prediction(index: usize, confidence: f32, review_reason: Option<&str>) -> Pre
         probabilities,
         needs_review: review_reason.is_some(),
         review_reason: review_reason.map(str::to_owned),
+        review_rule: ReviewRule::Studio,
     }
 }
 
@@ -393,6 +396,7 @@ async fn outcomes_set_status_and_codes(h: Harness) {
         probabilities: Json(probabilities),
         needs_review: false,
         review_reason: None,
+        review_rule: "studio".into(),
         preprocessing: "fmnist-v1".into(),
         elapsed_ms: 12.5,
         reused_from: None,
@@ -444,7 +448,9 @@ async fn vanished_files_are_kept_and_reach_a_final_state(h: Harness) {
 async fn reuse_copies_the_prediction(h: Harness) {
     let other_model = h.register("sha-2").await;
     let ids = h.discover_paths(&["/p/a.jpg", "/p/b.jpg", "/p/c.jpg", "/p/d.jpg"]).await;
-    h.record(&[tagged(ids[0], "hash-a", flagged(3, 0.5625))]).await;
+    // A phone photo, judged by the scene rule: the copy says so too.
+    let scene = Prediction { review_rule: ReviewRule::Scene, ..flagged(3, 0.5625) };
+    h.record(&[tagged(ids[0], "hash-a", scene)]).await;
 
     let find = |hash: &'static str, model| h.catalogue.find_tagged_by_hash(hash, model);
     assert_eq!(find("hash-a", h.model).await.unwrap(), Some(ids[0]));
@@ -453,6 +459,7 @@ async fn reuse_copies_the_prediction(h: Harness) {
 
     h.record(&[reused(ids[1], "hash-a", ids[0])]).await;
     let source = h.predictions("/p/a.jpg").await.remove(0);
+    assert_eq!(source.review_rule, "scene");
     let b = h.image("/p/b.jpg").await;
     let copy = b.prediction_id.expect("a reused image has a current prediction");
     assert_ne!(copy, source.id);

@@ -69,6 +69,10 @@ async fn dropped_photos(sandbox: &Sandbox, db: TestDb) {
         assert_eq!(probabilities.len(), 10);
         assert!((probabilities.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{text}");
     }
+
+    // Phone photos on floors and beds are judged by the model's scene rule.
+    let scene = pool.count("SELECT count(*) FROM predictions WHERE review_rule = 'scene'").await;
+    assert_eq!(scene, 4);
 }
 
 #[tokio::test]

@@ -139,6 +139,27 @@ pub struct Prediction {
     pub needs_review: bool,
     /// Comma-separated reason codes (`low_confidence,small_margin`), or none.
     pub review_reason: Option<String>,
+    /// Which of the model's review rules judged the photo.
+    pub review_rule: ReviewRule,
+}
+
+/// The review rule a photo is judged by, stored as `predictions.review_rule`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReviewRule {
+    /// Studio shots on a plain backdrop, and anything not cut out of a scene.
+    Studio,
+    /// Photos cut out of a scene (a floor, a bed): the `[review.scene]` pair.
+    Scene,
+}
+
+impl ReviewRule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewRule::Studio => "studio",
+            ReviewRule::Scene => "scene",
+        }
+    }
 }
 
 /// Facts about the decoded image, stored with a tagged image.

@@ -259,6 +259,7 @@ macro_rules! impl_catalogue {
                             .bind(Json(&prediction.probabilities))
                             .bind(prediction.needs_review)
                             .bind(&prediction.review_reason)
+                            .bind(prediction.review_rule.as_str())
                             .bind(elapsed_ms)
                             .bind(now)
                             .fetch_one(&mut *tx)

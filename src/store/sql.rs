@@ -89,9 +89,10 @@ pub(super) const FIND_TAGGED_BY_HASH: &str = "
 pub(super) const INSERT_PREDICTION: &str = "
     INSERT INTO predictions
         (image_id, model_id, content_hash, label_index, label, confidence, margin,
-         probabilities, needs_review, review_reason, preprocessing, elapsed_ms, created_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-            (SELECT preprocessing FROM models WHERE id = $2), $11, $12)
+         probabilities, needs_review, review_reason, review_rule, preprocessing, elapsed_ms,
+         created_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+            (SELECT preprocessing FROM models WHERE id = $2), $12, $13)
     RETURNING id";
 
 /// Copies the source image's current prediction, if it is still by this
@@ -99,10 +100,10 @@ pub(super) const INSERT_PREDICTION: &str = "
 pub(super) const COPY_PREDICTION: &str = "
     INSERT INTO predictions
         (image_id, model_id, content_hash, label_index, label, confidence, margin,
-         probabilities, needs_review, review_reason, preprocessing, elapsed_ms,
+         probabilities, needs_review, review_reason, review_rule, preprocessing, elapsed_ms,
          reused_from, created_at)
     SELECT $1, p.model_id, p.content_hash, p.label_index, p.label, p.confidence, p.margin,
-           p.probabilities, p.needs_review, p.review_reason, p.preprocessing, 0.0,
+           p.probabilities, p.needs_review, p.review_reason, p.review_rule, p.preprocessing, 0.0,
            p.id, $5
     FROM images AS source
     JOIN predictions AS p ON p.id = source.prediction_id
