@@ -13,6 +13,13 @@ What the conversion does to a phone photo, and what is imitated here, on
   flatter or harsher (`gamma`), with sensor noise and fabric texture that the
   3x3 unsharp mask amplifies (`grain`).
 
+FIXME: nothing here imitates the object's own tone. Negated, a black leather
+shoe is one solid bright shape without a Fashion-MNIST sneaker's shading, and
+the net reads it as an ankle boot (14 of the 66 sneakers in the model card's
+shop set); a white one on white is faint and reads as a sandal. A step that
+saturates or fades the garment (x * k, clipped) is the candidate; it needs a
+full training run to measure, which is why it is not here yet.
+
 Every function takes a torch.Generator and works on the whole batch at once;
 each touches only a random share of the images.
 """
