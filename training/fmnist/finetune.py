@@ -70,6 +70,15 @@ def evaluate(model, x_val, y_val, real_dev, x_photo_bags=None):
     return out
 
 
+def within_guard(val_acc, start_acc, fmnist_guard, n_val):
+    """Whether a step's Fashion-MNIST validation accuracy fell at most
+    `fmnist_guard` below the start. Accuracies are whole images out of
+    `n_val`, measured as float32 means: half an image of slack keeps a step
+    that sits exactly on the floor from falling under it by rounding (it
+    did: 0.9460 against 0.9500 - 0.004)."""
+    return val_acc >= start_acc - fmnist_guard - 0.5 / n_val
+
+
 def score(ev):
     return (ev["val_acc"] + ev["dev_acc"]) / 2 if "dev_acc" in ev else ev["val_acc"]
 
@@ -109,7 +118,6 @@ def finetune(model, x_tr, y_tr, x_val, y_val, real_train, real_dev, *, steps, n_
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     ev0 = evaluate(model, x_val, y_val, real_dev, xpb)
     guard = (ev0["photo_bag_recall"] - bag_guard) if "photo_bag_recall" in ev0 else None
-    val_floor = ev0["val_acc"] - fmnist_guard
     best = {"score": score(ev0), "step": 0, "state": copy.deepcopy(model.state_dict()), "eval": ev0}
     history = [{"model": name, "step": 0, **{k: round(v, 5) for k, v in ev0.items() if v is not None}}]
     if log_line:
@@ -166,7 +174,8 @@ def finetune(model, x_tr, y_tr, x_val, y_val, real_train, real_dev, *, steps, n_
             history.append(rec)
             if log_line:
                 log_line(log, **rec)
-            guarded = (guard is None or ev["photo_bag_recall"] >= guard) and ev["val_acc"] >= val_floor
+            guarded = ((guard is None or ev["photo_bag_recall"] >= guard)
+                       and within_guard(ev["val_acc"], ev0["val_acc"], fmnist_guard, len(y_val)))
             if score(ev) > best["score"] and guarded:
                 best = {"score": score(ev), "step": step, "state": copy.deepcopy(kept().state_dict()), "eval": ev}
     model.load_state_dict(best["state"])

@@ -166,6 +166,14 @@ def test_finetune_runs_and_keeps_the_best_step():
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
+def test_a_step_exactly_on_the_fashion_mnist_floor_is_kept():
+    # The float32 accuracies of a real run: 4,730 and 4,750 of 5,000 right.
+    start, on_floor = float(torch.tensor(4750 / 5000)), float(torch.tensor(4730 / 5000))
+    assert finetune.within_guard(on_floor, start, 0.004, 5000)
+    assert not finetune.within_guard(float(torch.tensor(4729 / 5000)), start, 0.004, 5000)
+    assert finetune.within_guard(start, start, 0.0, 5000)
+
+
 def test_finetune_keeps_no_step_that_costs_fashion_mnist_more_than_the_guard():
     g = torch.Generator().manual_seed(0)
     x, y = learnable_images(g)
