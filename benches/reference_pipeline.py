@@ -28,9 +28,9 @@ recipe the model's manifest names:
 6. pad to 28x28 centred (`fmnist-v1` with the background's gray,
    `fmnist-v2` white), negate, `(p/255 - mean) / std`.
 
-`fmnist-v3` runs as `fmnist-v2`: what it adds (a worn garment cut out of
-the model wearing it, on a studio backdrop) never applies to the
-benchmark's photos of garments alone.
+`fmnist-v3` and `fmnist-v4` run as `fmnist-v2`: what they add (a worn
+garment cut out of the model wearing it, on a studio backdrop) never
+applies to the benchmark's photos of garments alone.
 
 Then batches of 64 through one onnxruntime InferenceSession (one intra-op
 thread, as tagd's default `model.intra_threads = 1`; `--threads 0` lets
@@ -240,9 +240,9 @@ def main() -> int:
     temperature = manifest["calibration"]["temperature"]
     labels = manifest["labels"]
     recipe = manifest["preprocessing"]
-    if recipe not in ("fmnist-v1", "fmnist-v2", "fmnist-v3"):
+    if recipe not in ("fmnist-v1", "fmnist-v2", "fmnist-v3", "fmnist-v4"):
         raise SystemExit(f"reference: unknown preprocessing {recipe!r}")
-    # fmnist-v3 adds to v2 only what happens to a model photographed wearing
+    # fmnist-v3 and v4 add to v2 only what happens to a model photographed wearing
     # a garment on a studio backdrop; the benchmark's photos show garments
     # alone, so v2's steps are the same work for them.
     v2 = recipe != "fmnist-v1"

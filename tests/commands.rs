@@ -250,7 +250,7 @@ fn convert_writes_what_a_model_would_see_without_a_model() {
         .unwrap();
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(
-        stdout(&output).contains("converted 2 of 2 photos with fmnist-v3"),
+        stdout(&output).contains("converted 2 of 2 photos with fmnist-v4"),
         "{}",
         stdout(&output)
     );

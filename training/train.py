@@ -62,7 +62,7 @@ review_budget = 0.095
 model_version = "3"      # 2: fine-tuned on real photos, fmnist-v2; 3: fmnist-v3, no label smoothing, EMA
 fixtures_n = 12
 # The daemon's conversion the model is trained for and ships with.
-preprocessing = "fmnist-v3"
+preprocessing = "fmnist-v4"
 # Stage 2, only with --real: fine-tuning on real photos (see fmnist/finetune.py)
 real_dev_frac = 0.15     # of each label cell, held out: early stopping, temperature, thresholds
 real_split_seed = 2024   # fixed on its own, like the Fashion-MNIST split
@@ -109,7 +109,7 @@ def parse_args(argv=None):
     p.add_argument("--channels-last", type=int, default=int(channels_last), choices=[0, 1])
     p.add_argument("--review-budget", type=float, default=review_budget)
     p.add_argument("--review-budget-real", type=float, default=review_budget_real)
-    p.add_argument("--preprocessing", default=preprocessing, choices=["fmnist-v1", "fmnist-v2", "fmnist-v3"],
+    p.add_argument("--preprocessing", default=preprocessing, choices=["fmnist-v1", "fmnist-v2", "fmnist-v3", "fmnist-v4"],
                    help="the daemon's conversion named in model.toml")
     p.add_argument("--real", default=None,
                    help="folder of real photos converted by `tagd convert` (PNGs + labels.csv): fine-tune on them")

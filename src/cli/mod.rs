@@ -82,7 +82,7 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
         /// The conversion to apply
-        #[arg(long, value_name = "ID", default_value = crate::preprocess::FMNIST_V3)]
+        #[arg(long, value_name = "ID", default_value = crate::preprocess::FMNIST_V4)]
         preprocessing: String,
     },
     /// Measure the model on labelled photos: accuracy, per class, confusion
@@ -103,7 +103,7 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
         /// Turn one preprocessing step off, to measure what it buys: border,
-        /// mask, plain, sides, garment, blank, area or sharpen
+        /// mask, plain, sides, garment, body, blank, area or sharpen
         #[arg(long, value_name = "STEP", conflicts_with = "with")]
         without: Option<String>,
         /// Turn on one preprocessing step the model's recipe leaves out, to

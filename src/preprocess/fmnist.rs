@@ -31,6 +31,11 @@ pub const FMNIST_V2: &str = "fmnist-v2";
 /// model card's ablation).
 pub const FMNIST_V3: &str = "fmnist-v3";
 
+/// `fmnist-v3`, and where the worn garment's colour cannot be followed, or
+/// runs into the head or the jeans, the garment is kept to the rows between
+/// the figure's shoulders and the hem (see [`garment::upper_body`]).
+pub const FMNIST_V4: &str = "fmnist-v4";
+
 /// Which steps a conversion takes. Each preprocessing identifier names one
 /// recipe; turning one step off (or on) is how the ablation figures are made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +54,9 @@ pub struct Recipe {
     /// On a plain backdrop, a garment worn by a model is cut out of the
     /// figure by its colour, and the rest of the person blanked.
     pub garment: bool,
+    /// On a plain backdrop, a figure whose garment colour cannot be followed
+    /// keeps the rows from its shoulders to the hem, without the skin.
+    pub upper_body: bool,
     /// Pixels outside the mask are painted background, so the model sees
     /// the object alone on black.
     pub blank_background: bool,
@@ -67,6 +75,7 @@ impl Recipe {
             plain_trim: false,
             plain_three_sides: false,
             garment: false,
+            upper_body: false,
             blank_background: false,
             area_resize: true,
             sharpen: true,
@@ -78,19 +87,19 @@ impl Recipe {
             blank_background: true,
             ..v1
         };
+        let v3 = Recipe { plain_three_sides: true, garment: true, sharpen: false, ..v2 };
         match id {
             FMNIST_V1 => Some(v1),
             FMNIST_V2 => Some(v2),
-            FMNIST_V3 => {
-                Some(Recipe { plain_three_sides: true, garment: true, sharpen: false, ..v2 })
-            }
+            FMNIST_V3 => Some(v3),
+            FMNIST_V4 => Some(Recipe { upper_body: true, ..v3 }),
             _ => None,
         }
     }
 
     /// The step names `without` and `with` accept.
-    pub const STEPS: [&'static str; 8] =
-        ["border", "mask", "plain", "sides", "garment", "blank", "area", "sharpen"];
+    pub const STEPS: [&'static str; 9] =
+        ["border", "mask", "plain", "sides", "garment", "body", "blank", "area", "sharpen"];
 
     /// This recipe with one step turned off, for ablation.
     pub fn without(self, step: &str) -> Option<Recipe> {
@@ -109,6 +118,7 @@ impl Recipe {
             "plain" => &mut self.plain_trim,
             "sides" => &mut self.plain_three_sides,
             "garment" => &mut self.garment,
+            "body" => &mut self.upper_body,
             "blank" => &mut self.blank_background,
             "area" => &mut self.area_resize,
             "sharpen" => &mut self.sharpen,
@@ -199,9 +209,15 @@ pub fn convert(rgb: &RgbImage, recipe: &Recipe) -> Converted {
     let scene = mask.is_some();
 
     // A model wearing the garment: keep the garment, not the person.
+    let fuzz = TRIM_FUZZ as u16;
     let worn = (recipe.garment && plain && object_found)
-        .then(|| garment::worn_garment(rgb, &distances, object_box, TRIM_FUZZ as u16))
+        .then(|| garment::worn_garment(rgb, &distances, object_box, fuzz))
         .flatten();
+    let worn = if recipe.upper_body && plain && object_found {
+        garment::upper_body(rgb, &distances, object_box, fuzz, worn)
+    } else {
+        worn
+    };
     let (mask, object_box) = match worn {
         Some(garment) => {
             let garment_box = segment::mask_box(&garment).unwrap_or(object_box);

@@ -377,8 +377,9 @@ def write_card(m, out_dir):
     if m.get("real_photos"):
         w("- The real photos for fine-tuning are phone photos of clothes laid flat or hung up, with no bags and "
           "no single-class footwear, and none of a garment worn by a model. The conversion cuts a worn garment "
-          "out of the person by its colour (`fmnist-v3`); a white or light garment on a white backdrop, or "
-          "one the colour of the jeans below it, keeps the whole figure and is usually wrong. Leather shoes "
+          "out of the person by its colour (`fmnist-v3`) and keeps it to the rows between the shoulders and the "
+          "hem (`fmnist-v4`); a top over trousers of nearly its colour, an open jacket, or a shop photo whose "
+          "figure touches three sides of the frame still keeps most of the person and is often wrong. Leather shoes "
           "(a shop's formal shoes, labelled Sneaker) look to the network like ankle boots. The temperature and "
           "thresholds are fitted on the dev split and on Fashion-MNIST; re-check them on labelled photos from "
           "the daemon's own inbox before trusting them.")

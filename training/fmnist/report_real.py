@@ -7,6 +7,7 @@ STEP_NAMES = {
     "plain": "the paper's trim on a plain studio backdrop (off: the mask there too)",
     "sides": "a backdrop plain on three sides counts as plain (off: all four sides must be)",
     "garment": "a worn garment cut out of the model wearing it (off: the whole figure)",
+    "body": "the worn garment kept to the rows from the shoulders to the hem",
     "blank": "background blanked to black",
     "area": "area-averaging resize",
     "sharpen": "the paper's 3x3 unsharp mask",
@@ -141,6 +142,14 @@ def section(m):
       "conversion. The evaluation photos (`product/`, `wild/`) were never used for training, early stopping, "
       "calibration or thresholds; only the run's figures come from them.")
     w("")
+    if t.get("remeasured"):
+        r = t["remeasured"]
+        w(f"The **ships** column, the ablation and the contact sheet were measured again on {r['date']}, when "
+          f"the conversion moved from `{r['from']}` to `{r['to']}` (`{r['command']}`). The move changes none of "
+          f"the photos the model was fine-tuned on (checked byte for byte), so its weights, temperature and "
+          f"thresholds are still the training run's; the other columns are the training run's figures, each with "
+          f"the conversion its header names (the control with `{r['from']}`).")
+        w("")
     w("| set | figure | " + " | ".join(n for _, n in cols) + " |")
     w("|---|---|" + "---|" * len(cols))
     for s in sets:
