@@ -67,6 +67,27 @@ pub fn plain_border_share(width: u32, height: u32, distances: &[u16], fuzz: u16)
     plain as f32 / total.max(1) as f32
 }
 
+/// The share of the border band farther than `low` from the background
+/// colour and no farther than `high`: neither backdrop nor clearly object.
+pub fn border_share_between(
+    width: u32,
+    height: u32,
+    distances: &[u16],
+    low: u16,
+    high: u16,
+) -> f32 {
+    let band = band_width(width, height);
+    let (mut between, mut total) = (0u32, 0u32);
+    for (index, &d) in distances.iter().enumerate() {
+        let (x, y) = (index as u32 % width, index as u32 / width);
+        if x < band || y < band || x >= width - band || y >= height - band {
+            total += 1;
+            between += u32::from(d > low && d <= high);
+        }
+    }
+    between as f32 / total.max(1) as f32
+}
+
 /// The same share for each side's band on its own (top, bottom, left,
 /// right), so a photo whose object runs off one edge (a model cut at the
 /// thighs) can still be told to stand on a plain backdrop.

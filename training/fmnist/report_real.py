@@ -6,6 +6,7 @@ STEP_NAMES = {
     "mask": "Otsu object mask (off: keep everything that differs from the background)",
     "plain": "the paper's trim on a plain studio backdrop (off: the mask there too)",
     "sides": "a backdrop plain on three sides counts as plain (off: all four sides must be)",
+    "clean": "a border of backdrop and object, with little in between, counts as a plain backdrop",
     "garment": "a worn garment cut out of the model wearing it (off: the whole figure)",
     "body": "the worn garment kept to the rows from the shoulders to the hem",
     "blank": "background blanked to black",
