@@ -28,9 +28,10 @@ recipe the model's manifest names:
 6. pad to 28x28 centred (`fmnist-v1` with the background's gray,
    `fmnist-v2` white), negate, `(p/255 - mean) / std`.
 
-`fmnist-v3` and `fmnist-v4` run as `fmnist-v2`: what they add (a worn
-garment cut out of the model wearing it, on a studio backdrop) never
-applies to the benchmark's photos of garments alone.
+`fmnist-v3` to `fmnist-v5` run as `fmnist-v2`: what they add (a worn
+garment cut out of the model wearing it, a studio backdrop touched on
+several sides) never applies to the benchmark's photos of garments alone;
+`fmnist-v5` then stretches the 28x28 image linearly to span 0 to 255.
 
 Then batches of 64 through one onnxruntime InferenceSession (one intra-op
 thread, as tagd's default `model.intra_threads = 1`; `--threads 0` lets
@@ -140,8 +141,9 @@ def object_mask(distance: np.ndarray, threshold: int) -> np.ndarray:
     return ndimage.binary_fill_holes((sizes >= floor)[regions])
 
 
-def convert(image: Image.Image, v2: bool) -> tuple[np.ndarray, float, bool]:
-    """The fmnist-v1 or -v2 conversion: 28x28 uint8, bright object on black."""
+def convert(image: Image.Image, v2: bool, stretch: bool = False) -> tuple[np.ndarray, float, bool]:
+    """The fmnist-v1 or -v2 conversion, stretched for -v5: 28x28 uint8,
+    bright object on black."""
     rgb = np.asarray(image)
     background = (border_colour(rgb) if v2 else corner_colour(rgb)).astype(np.int16)
 
@@ -186,7 +188,11 @@ def convert(image: Image.Image, v2: bool) -> tuple[np.ndarray, float, bool]:
 
     canvas = Image.new("L", (INPUT_EDGE, INPUT_EDGE), fill)
     canvas.paste(sharp, ((INPUT_EDGE - new_size[0]) // 2, (INPUT_EDGE - new_size[1]) // 2))
-    return 255 - np.asarray(canvas), contrast, found
+    pixels = 255 - np.asarray(canvas)
+    low, high = int(pixels.min()), int(pixels.max())
+    if stretch and high > low:
+        pixels = np.round((pixels - low) * (255.0 / (high - low))).astype(np.uint8)
+    return pixels, contrast, found
 
 
 def list_photos(folders: list[str]) -> list[str]:
@@ -240,12 +246,13 @@ def main() -> int:
     temperature = manifest["calibration"]["temperature"]
     labels = manifest["labels"]
     recipe = manifest["preprocessing"]
-    if recipe not in ("fmnist-v1", "fmnist-v2", "fmnist-v3", "fmnist-v4"):
+    if recipe not in ("fmnist-v1", "fmnist-v2", "fmnist-v3", "fmnist-v4", "fmnist-v5"):
         raise SystemExit(f"reference: unknown preprocessing {recipe!r}")
-    # fmnist-v3 and v4 add to v2 only what happens to a model photographed wearing
+    # fmnist-v3 to v5 add to v2 only what happens to a model photographed wearing
     # a garment on a studio backdrop; the benchmark's photos show garments
     # alone, so v2's steps are the same work for them.
     v2 = recipe != "fmnist-v1"
+    stretch = recipe == "fmnist-v5"
     input_name, output_name = manifest["input"]["name"], manifest["output"]["name"]
 
     options = ort.SessionOptions()
@@ -292,7 +299,7 @@ def main() -> int:
     photos = list_photos(args.folders)
     for path in photos:
         try:
-            pixels, _contrast, _found = convert(open_upright(path), v2)
+            pixels, _contrast, _found = convert(open_upright(path), v2, stretch)
         except Exception as error:  # a bad file fails its row, not the run
             failures.append((path, f"{type(error).__name__}: {error}"))
             continue

@@ -103,7 +103,8 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
         /// Turn one preprocessing step off, to measure what it buys: border,
-        /// mask, plain, sides, clean, garment, body, blank, area or sharpen
+        /// mask, plain, sides, clean, garment, body, blank, area, sharpen or
+        /// stretch
         #[arg(long, value_name = "STEP", conflicts_with = "with")]
         without: Option<String>,
         /// Turn on one preprocessing step the model's recipe leaves out, to

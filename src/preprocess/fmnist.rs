@@ -36,6 +36,26 @@ pub const FMNIST_V3: &str = "fmnist-v3";
 /// the figure's shoulders and the hem (see [`garment::upper_body`]).
 pub const FMNIST_V4: &str = "fmnist-v4";
 
+/// `fmnist-v4`, and a backdrop also counts as plain when its border is
+/// backdrop or clearly object with hardly anything in between: a studio shot
+/// whose object runs off several sides (a shoe filling the frame); and the
+/// 28x28 image stretched to run from 0 to 255, as every Fashion-MNIST image
+/// does.
+///
+/// FIXME: no shipped model runs it yet. Under the default model's weights
+/// (fine-tuned on `fmnist-v4` conversions) it gives 80.5% on the shop
+/// photos and 74.1% on the phone photos (79.5% and 72.4% with `fmnist-v4`),
+/// but the stretch changes nearly every photo the model is fine-tuned on,
+/// so it needs a model trained on it. One full run was made (float32, seed
+/// 0): its first stage reached 95.30% on Fashion-MNIST validation, the
+/// fine-tuning guard then stopped at step 500 of 2500 (dev photos 63.8%,
+/// against 73.4% for the shipped model), and it came out at 94.36% on
+/// Fashion-MNIST test, 81.8% on the shop photos but 64.0% on the phone
+/// photos with footwear called Bag at 14.1%. Not shipped; the guard needs
+/// rethinking before the next run (a floor fixed at the model's Fashion-MNIST
+/// target rather than relative to a first stage that ended higher).
+pub const FMNIST_V5: &str = "fmnist-v5";
+
 /// Which steps a conversion takes. Each preprocessing identifier names one
 /// recipe; turning one step off (or on) is how the ablation figures are made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,12 +73,8 @@ pub struct Recipe {
     pub plain_three_sides: bool,
     /// A border of backdrop and object with hardly anything in between
     /// makes a plain backdrop too, however many sides the object touches.
-    ///
-    /// FIXME: no recipe takes this step yet. On the shop photos it takes the
-    /// default model from 79.5% to 80.5% (`tagd eval --with clean`), but it
-    /// also changes 5 of the 2,423 photos the model was fine-tuned on, so
-    /// it belongs in the next conversion with a model trained on it, not
-    /// under the present model's weights and thresholds.
+    /// `fmnist-v5` takes it; it changes a few of the phone photos the model
+    /// is fine-tuned on (5 of 2,423), so it waits for a model trained on it.
     pub clean_border: bool,
     /// On a plain backdrop, a garment worn by a model is cut out of the
     /// figure by its colour, and the rest of the person blanked.
@@ -73,6 +89,12 @@ pub struct Recipe {
     pub area_resize: bool,
     /// The 3x3 unsharp mask after the resize.
     pub sharpen: bool,
+    /// The negated 28x28 image is stretched to span 0 to 255. Every one of
+    /// Fashion-MNIST's 70,000 images has its darkest pixel at 0 and its
+    /// brightest at 254 or 255, with the gaps between values that a linear
+    /// stretch leaves, so its makers stretched them; without it a white
+    /// shirt on a white backdrop reaches the model as a faint ghost.
+    pub stretch: bool,
 }
 
 impl Recipe {
@@ -89,6 +111,7 @@ impl Recipe {
             blank_background: false,
             area_resize: true,
             sharpen: true,
+            stretch: false,
         };
         let v2 = Recipe {
             border_background: true,
@@ -98,18 +121,21 @@ impl Recipe {
             ..v1
         };
         let v3 = Recipe { plain_three_sides: true, garment: true, sharpen: false, ..v2 };
+        let v4 = Recipe { upper_body: true, ..v3 };
         match id {
             FMNIST_V1 => Some(v1),
             FMNIST_V2 => Some(v2),
             FMNIST_V3 => Some(v3),
-            FMNIST_V4 => Some(Recipe { upper_body: true, ..v3 }),
+            FMNIST_V4 => Some(v4),
+            FMNIST_V5 => Some(Recipe { clean_border: true, stretch: true, ..v4 }),
             _ => None,
         }
     }
 
     /// The step names `without` and `with` accept.
-    pub const STEPS: [&'static str; 10] = [
+    pub const STEPS: [&'static str; 11] = [
         "border", "mask", "plain", "sides", "clean", "garment", "body", "blank", "area", "sharpen",
+        "stretch",
     ];
 
     /// This recipe with one step turned off, for ablation.
@@ -134,6 +160,7 @@ impl Recipe {
             "blank" => &mut self.blank_background,
             "area" => &mut self.area_resize,
             "sharpen" => &mut self.sharpen,
+            "stretch" => &mut self.stretch,
             _ => return None,
         };
         *switch = on;
@@ -254,7 +281,8 @@ pub fn convert(rgb: &RgbImage, recipe: &Recipe) -> Converted {
     let resized = resize_long_edge(&gray, INPUT_EDGE, recipe.area_resize);
     let sharpened = if recipe.sharpen { sharpen(&resized) } else { resized };
     let padded = pad_centred(&sharpened, INPUT_EDGE, fill);
-    let pixels = negate(padded.into_raw());
+    let negated = negate(padded.into_raw());
+    let pixels = if recipe.stretch { stretch(negated) } else { negated };
 
     Converted { pixels, object_box, object_found, contrast, scene }
 }
@@ -438,6 +466,23 @@ pub fn negate(mut pixels: Vec<u8>) -> Vec<u8> {
     pixels
 }
 
+/// Stretches the pixels linearly so the darkest becomes 0 and the brightest
+/// 255. An image of one value is left as it is: there is nothing to stretch.
+pub fn stretch(mut pixels: Vec<u8>) -> Vec<u8> {
+    let (Some(&low), Some(&high)) = (pixels.iter().min(), pixels.iter().max()) else {
+        return pixels;
+    };
+    if low == high {
+        return pixels;
+    }
+
+    let span = f32::from(high - low);
+    for pixel in &mut pixels {
+        *pixel = (f32::from(*pixel - low) * 255.0 / span).round() as u8;
+    }
+    pixels
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,6 +586,28 @@ mod tests {
     }
 
     #[test]
+    fn stretching_spans_the_whole_range_and_keeps_the_order() {
+        assert_eq!(stretch(vec![10, 20, 30, 10]), vec![0, 128, 255, 0]);
+        assert_eq!(stretch(vec![7; 4]), vec![7; 4], "nothing to stretch");
+    }
+
+    #[test]
+    fn a_white_shoe_on_white_reaches_full_brightness_only_with_the_stretch() {
+        let pale = RgbImage::from_fn(300, 200, |x, y| {
+            let shoe = (40..260).contains(&x) && (80..160).contains(&y);
+            if shoe { Rgb([225, 225, 230]) } else { Rgb([252, 252, 252]) }
+        });
+        let v5 = Recipe::for_id(FMNIST_V5).unwrap();
+
+        let faint = convert(&pale, &v5.without("stretch").unwrap());
+        let bright = convert(&pale, &v5);
+        let max = |c: &Converted| c.pixels.iter().copied().max().unwrap();
+        assert!(max(&faint) < 40, "negated, a pale shoe is dim: {}", max(&faint));
+        assert_eq!(max(&bright), 255);
+        assert_eq!(bright.pixels[0], 0, "the padding stays black");
+    }
+
+    #[test]
     fn normalisation_matches_training() {
         let tensor = normalise(&[0, 255], 0.2860, 0.3530);
         assert!((tensor[0] - (-0.2860 / 0.3530)).abs() < 1e-6);
@@ -622,6 +689,7 @@ mod tests {
         let v4 = Recipe::for_id(FMNIST_V4).unwrap();
         assert!(convert(&photo, &v4).scene, "the side rule alone takes it for a scene");
         let with_clean = v4.with("clean").unwrap();
+        assert_eq!(with_clean.with("stretch"), Recipe::for_id(FMNIST_V5));
         assert!(!convert(&photo, &with_clean).scene, "its border is backdrop or shoe");
 
         // A grainy floor puts most of its border between the two.

@@ -22,12 +22,13 @@ use std::path::Path;
 
 pub use decode::{Decoded, Limits};
 pub use fmnist::{
-    Converted, FMNIST_V1, FMNIST_V2, FMNIST_V3, FMNIST_V4, INPUT_EDGE, INPUT_PIXELS, Recipe,
+    Converted, FMNIST_V1, FMNIST_V2, FMNIST_V3, FMNIST_V4, FMNIST_V5, INPUT_EDGE, INPUT_PIXELS,
+    Recipe,
 };
 
 /// Preprocessing identifiers this build implements. A model manifest must
 /// name one of them.
-pub const KNOWN_PREPROCESSING: &[&str] = &[FMNIST_V1, FMNIST_V2, FMNIST_V3, FMNIST_V4];
+pub const KNOWN_PREPROCESSING: &[&str] = &[FMNIST_V1, FMNIST_V2, FMNIST_V3, FMNIST_V4, FMNIST_V5];
 
 /// Why an image could not be turned into model input. `code()` is stored in
 /// the catalogue and is stable across releases.

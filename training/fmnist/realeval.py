@@ -24,7 +24,8 @@ ABLATION = {
     "fmnist-v1": (["area", "sharpen"], ["border", "mask", "blank"]),
     "fmnist-v2": (["border", "mask", "plain", "blank", "area", "sharpen"], ["sides", "garment"]),
     "fmnist-v3": (["border", "mask", "plain", "sides", "garment", "blank", "area"], ["sharpen", "clean", "body"]),
-    "fmnist-v4": (["border", "mask", "plain", "sides", "garment", "body", "blank", "area"], ["sharpen", "clean"]),
+    "fmnist-v4": (["border", "mask", "plain", "sides", "garment", "body", "blank", "area"], ["sharpen", "clean", "stretch"]),
+    "fmnist-v5": (["border", "mask", "plain", "sides", "clean", "garment", "body", "blank", "area", "stretch"], ["sharpen"]),
 }
 # The shorter-edge limit under which the daemon flags `tiny_image`; a
 # setting of the daemon, not of the model.

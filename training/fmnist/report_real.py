@@ -12,6 +12,7 @@ STEP_NAMES = {
     "blank": "background blanked to black",
     "area": "area-averaging resize",
     "sharpen": "the paper's 3x3 unsharp mask",
+    "stretch": "the 28x28 image stretched to span 0 to 255, as every Fashion-MNIST image does",
 }
 SET_NAMES = {"product": "product (shop photos)", "wild": "wild (phone photos)", "dev": "clothing-train dev split"}
 COLUMNS = [("before-v1", "before, fmnist-v1"), ("before-v2", "before, fmnist-v2"), ("before-v3", "before, fmnist-v3"),
