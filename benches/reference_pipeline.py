@@ -189,10 +189,17 @@ def convert(image: Image.Image, v2: bool, stretch: bool = False) -> tuple[np.nda
     canvas = Image.new("L", (INPUT_EDGE, INPUT_EDGE), fill)
     canvas.paste(sharp, ((INPUT_EDGE - new_size[0]) // 2, (INPUT_EDGE - new_size[1]) // 2))
     pixels = 255 - np.asarray(canvas)
-    low, high = int(pixels.min()), int(pixels.max())
-    if stretch and high > low:
-        pixels = np.round((pixels - low) * (255.0 / (high - low))).astype(np.uint8)
+    if stretch:
+        pixels = stretched(pixels)
     return pixels, contrast, found
+
+
+def stretched(pixels: np.ndarray) -> np.ndarray:
+    """Linearly to span 0 to 255; an image of one value stays as it is."""
+    low, high = int(pixels.min()), int(pixels.max())
+    if high == low:
+        return pixels
+    return np.round((pixels - low) * (255.0 / (high - low))).astype(np.uint8)
 
 
 def list_photos(folders: list[str]) -> list[str]:

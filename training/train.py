@@ -122,7 +122,7 @@ def parse_args(argv=None):
     p.add_argument("--channels-last", type=int, default=int(channels_last), choices=[0, 1])
     p.add_argument("--review-budget", type=float, default=review_budget)
     p.add_argument("--review-budget-real", type=float, default=review_budget_real)
-    p.add_argument("--preprocessing", default=preprocessing, choices=["fmnist-v1", "fmnist-v2", "fmnist-v3", "fmnist-v4", "fmnist-v5"],
+    p.add_argument("--preprocessing", default=preprocessing, choices=list(realeval.ABLATION),
                    help="the daemon's conversion named in model.toml")
     p.add_argument("--real", default=None,
                    help="folder of real photos converted by `tagd convert` (PNGs + labels.csv): fine-tune on them")
